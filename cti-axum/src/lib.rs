@@ -1,0 +1,1 @@
+//! cti-axum adapter (in progress).

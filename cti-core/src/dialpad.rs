@@ -1,0 +1,1 @@
+//! Typed Dialpad payloads. STUB: being implemented.

@@ -1,0 +1,1 @@
+//! Outbox → hub relay. STUB.

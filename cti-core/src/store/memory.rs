@@ -1,0 +1,5 @@
+//! In-memory store. STUB.
+
+/// In-memory store.
+#[derive(Default)]
+pub struct MemoryStore;

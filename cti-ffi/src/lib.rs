@@ -1,0 +1,1 @@
+//! cti-ffi adapter (in progress).

@@ -1,0 +1,4 @@
+//! SQLite store (in progress).
+
+/// SQLite store.
+pub struct SqliteStore;

@@ -1,0 +1,2 @@
+//! Reference server.
+fn main() {}
