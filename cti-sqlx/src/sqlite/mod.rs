@@ -1,4 +1,6 @@
 //! SQLite store (in progress).
 
+pub use crate::common::MigrationError;
+
 /// SQLite store.
 pub struct SqliteStore;
