@@ -81,7 +81,7 @@ pub fn apply_event(app: AppId, n: &Normalized, existing: Existing, now: Timestam
             CtiEvent::VoicemailReceived => false, // announced by the voicemail message below
             e => match (e.call_status(), e.wire_name()) {
                 (Some(st), Some(_)) => m.reached(st),
-                (None, Some(_)) => m.changed,
+                (None, Some(_)) => m.data_changed,
                 _ => false,
             },
         };

@@ -65,8 +65,10 @@ pub struct CallMerge {
     pub created: bool,
     /// Status before the merge (`None` for a new row).
     pub previous_status: Option<CallStatus>,
-    /// Any stored value changed.
+    /// Anything stored changed (data or merge bookkeeping): the row must be written.
     pub changed: bool,
+    /// A data field changed (not only bookkeeping): worth a realtime push for status-less events.
+    pub data_changed: bool,
     /// The update reported a status the call had never reported before.
     pub newly_reported: Option<CallStatus>,
 }
@@ -155,8 +157,9 @@ impl CallMerge {
             };
         call.last_event_ms = call.last_event_ms.max(t);
 
-        let changed = created || !same_record(&before, &call);
-        if changed {
+        let data_changed = created || !same_record(&before, &call);
+        let changed = data_changed || before.merge_log != call.merge_log || before.raw_payload != call.raw_payload;
+        if data_changed {
             call.updated_at = now;
         }
         CallMerge {
@@ -164,6 +167,7 @@ impl CallMerge {
             created,
             previous_status: existing.map(|c| c.status),
             changed,
+            data_changed,
             newly_reported,
         }
     }
