@@ -1,6 +1,240 @@
-//! SQLite store (in progress).
+//! [`SqliteStore`]: every cti-core store trait on an embedded SQLite database.
+//!
+//! * One file (`sqlite://cti.db`, created when missing) in WAL mode with
+//!   `synchronous=NORMAL` (durable against a process crash), `busy_timeout` 5 s and foreign
+//!   keys on.
+//! * ONE writer connection: every write transaction (`BEGIN IMMEDIATE`) goes through a pool
+//!   of size 1, so writes are serialised in-process and never fight over the database lock;
+//!   reads use a small separate pool (WAL readers never block the writer).
+//! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use one shared connection for
+//!   reads and writes, because every connection to an in-memory database would otherwise see
+//!   its own empty database.
+//! * Schema: `migrations/sqlite`, embedded with `sqlx::migrate!`. Timestamps are `INTEGER`
+//!   microseconds since the epoch (UTC), ids `TEXT`, JSON `TEXT`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cti_sqlx::SqliteStore;
+//! let store = SqliteStore::open("sqlite://cti.db").await?;
+//! # let _ = store; Ok(()) }
+//! ```
+
+mod apps;
+mod dialpad;
+mod inbox;
+mod records;
+mod rows;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cti_core::model::{AppId, Timestamp};
+use cti_core::store::{Store, StoreError, StoreResult};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
 
 pub use crate::common::MigrationError;
+use crate::common::map_err;
 
-/// SQLite store.
-pub struct SqliteStore;
+/// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Size of the read pool of a file database.
+const READ_POOL_SIZE: u32 = 4;
+
+/// How long a connection waits for the database lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cti-core [`Store`] on SQLite. Cheap to clone (the pools are shared).
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// The single writer connection (pool of one).
+    writer: SqlitePool,
+    /// Readers (the writer itself for in-memory databases).
+    reader: SqlitePool,
+    /// Directory of a [`temporary`](Self::open_temporary) database, removed with the last clone.
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+impl SqliteStore {
+    /// Connects to (and creates, if missing) the database at `url` — `sqlite://cti.db`,
+    /// `sqlite:///abs/path.db`, `sqlite::memory:` — without migrating it.
+    ///
+    /// Errors: an invalid URL is [`StoreError::Backend`]; a database that cannot be opened is
+    /// [`StoreError::Unavailable`].
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid sqlite url: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if is_in_memory(url) {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(opts)
+                .await
+                .map_err(map_err)?;
+            return Ok(Self {
+                writer: pool.clone(),
+                reader: pool,
+                _temp: None,
+            });
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(map_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_POOL_SIZE)
+            .connect_with(opts.pragma("query_only", "ON"))
+            .await
+            .map_err(map_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            _temp: None,
+        })
+    }
+
+    /// [`connect`](Self::connect) then [`migrate`](Self::migrate).
+    pub async fn open(url: &str) -> Result<Self, MigrationError> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens a fresh, migrated database in a new temporary directory that is deleted when the
+    /// last clone of the store is dropped. A real file database (WAL, separate writer and
+    /// readers) — for tests, demos and throw-away runs.
+    pub async fn open_temporary() -> Result<Self, MigrationError> {
+        let dir = tempfile::Builder::new()
+            .prefix("cti-sqlite-")
+            .tempdir()
+            .map_err(|e| {
+                StoreError::Unavailable(format!("creating a temporary directory: {}", e.kind()))
+            })?;
+        let path = dir.path().join("cti.db");
+        let url = format!("sqlite://{}", path.display());
+        let mut store = Self::open(&url).await?;
+        store._temp = Some(Arc::new(dir));
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that are not applied yet (idempotent).
+    ///
+    /// Refuses with [`MigrationError::SchemaTooNew`] — before touching anything — when the
+    /// database records a migration newer than the newest one this binary embeds.
+    pub async fn migrate(&self) -> Result<(), MigrationError> {
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(applied) = self.applied_version().await?
+            && applied > known
+        {
+            return Err(MigrationError::SchemaTooNew { applied, known });
+        }
+        MIGRATOR
+            .run(&self.writer)
+            .await
+            .map_err(|e| MigrationError::Store(map_err(e.into())))
+    }
+
+    /// The newest migration version recorded in the database (`None` for a fresh database).
+    pub async fn applied_version(&self) -> StoreResult<Option<i64>> {
+        let ledger: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        if ledger.is_none() {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(map_err)
+    }
+
+    /// Closes both pools (waits for checked-out connections to return).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Inserts an app that only has a legacy bcrypt key (`$2a$/$2b$/$2y$`), as imported from a
+    /// database of the original server (spec §9.7). It authenticates through
+    /// [`legacy_keys`](cti_core::store::AppStore::legacy_keys) until a lookup hash is
+    /// backfilled. [`StoreError::Conflict`] when the id or the hash already exists.
+    pub async fn insert_legacy_app(
+        &self,
+        id: AppId,
+        name: &str,
+        bcrypt_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO apps (id, name, api_key, is_active, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 1, ?4, ?4)",
+        )
+        .bind(id.0.to_string())
+        .bind(name)
+        .bind(bcrypt_hash)
+        .bind(rows::ts(&now))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Starts a write transaction on the single writer connection (`BEGIN IMMEDIATE`: takes
+    /// the database write lock up front, so a read-then-write never fails half-way).
+    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)
+    }
+
+    /// Starts a read transaction (one consistent snapshot for a page and its total).
+    async fn read_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.reader.begin().await.map_err(map_err)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

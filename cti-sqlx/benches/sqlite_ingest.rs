@@ -1,0 +1,3 @@
+//! SQLite ingest benchmark (being written).
+
+fn main() {}
