@@ -226,6 +226,12 @@ pub enum BusSignal {
     Inbox,
     /// Signals may have been missed (reconnect, lag): re-read the heads of every app.
     Resync,
+    /// An app's keys or active state changed: drop cached authentications and close its live
+    /// subscriptions with code 4001 (key rotated/revoked, app deactivated).
+    AppChanged {
+        /// App.
+        app_id: AppId,
+    },
 }
 
 /// Error of a bus operation.
