@@ -1,6 +1,301 @@
-//! PostgreSQL store (in progress).
+//! PostgreSQL store ([`PgStore`]) and `LISTEN/NOTIFY` bus ([`PgBus`]).
+//!
+//! # Layout
+//!
+//! All tables live in their own schema (default `cti`, see [`PgOptions::schema`]); every pooled
+//! connection runs `SET search_path TO "<schema>"` right after connecting, so the embedded
+//! migrations — and sqlx's `_sqlx_migrations` ledger — are created inside that schema and never
+//! collide with a host application's tables or migrations.
+//!
+//! # Concurrency
+//!
+//! * Inbox claims run one at a time per schema (a transaction-scoped advisory lock) and use
+//!   `FOR UPDATE SKIP LOCKED`; the per-call rules (no two events of one call under a lease, one
+//!   event per call per claim) are evaluated inside that serialised statement, so they hold with
+//!   any number of workers and instances.
+//! * [`InboxStore::inbox_complete`](cti_core::store::InboxStore::inbox_complete) takes a
+//!   transaction-scoped advisory lock per `(app, call)` and `(app, message)` before reading the
+//!   rows it merges into, so two workers applying events of one call serialise; the merge itself
+//!   is the pure [`cti_core::store::apply_event`].
+//! * Outbox sequence numbers come from `UPDATE apps SET last_event_seq = last_event_seq + n`: the
+//!   row lock is held until commit, so each app's numbers are gap-free and in commit order.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cti_sqlx::pg::{PgOptions, PgStore};
+//! let store = PgStore::open("postgres://postgres@127.0.0.1/cti", PgOptions::default()).await?;
+//! # let _ = store; Ok(()) }
+//! ```
 
-/// PostgreSQL store.
-pub struct PgStore;
-/// LISTEN/NOTIFY bus.
-pub struct PgBus;
+mod apps;
+mod bus;
+mod dialpad;
+mod inbox;
+mod records;
+pub(crate) mod rows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cti_core::store::{Store, StoreError, StoreResult};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
+
+pub use crate::common::MigrationError;
+pub use bus::{PgBus, PgBusOptions};
+
+use rows::pg_err;
+
+/// The embedded PostgreSQL migrations (`cti-sqlx/migrations/postgres`).
+pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Idle time after which a pooled connection is pinged before being handed out. Connections in
+/// constant use skip the round trip; one that sat idle (and may have been cut by a restart or a
+/// firewall) is checked.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
+/// Options of [`PgStore::connect`].
+///
+/// ```
+/// let opts = cti_sqlx::pg::PgOptions { schema: "crm_cti".into(), ..Default::default() };
+/// assert_eq!(opts.max_connections, 10);
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// Schema holding every table and the migration ledger (default `cti`). Must match
+    /// `[a-z_][a-z0-9_]*` and be at most 63 bytes.
+    pub schema: String,
+    /// Maximum pooled connections (default 10).
+    pub max_connections: u32,
+    /// How long a call waits for a connection before failing with
+    /// [`StoreError::Unavailable`] (default 5 s).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            schema: "cti".into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PgOptions {
+    /// Default options with another schema.
+    pub fn with_schema(schema: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Checks a schema name: `[a-z_][a-z0-9_]*`, at most 63 bytes (no quoting surprises).
+pub fn validate_schema_name(schema: &str) -> StoreResult<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "invalid configuration: schema name {schema:?} must match [a-z_][a-z0-9_]* \
+             (max 63 bytes, not pg_*)"
+        )))
+    }
+}
+
+/// [`cti_core::store::Store`] on PostgreSQL. Cheap to clone (shares the pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: Arc<str>,
+    /// Advisory lock key serialising inbox claims of this schema.
+    claim_lock: i64,
+    /// Value kept alive as long as any clone of the store (see [`PgStore::with_guard`]).
+    #[allow(dead_code)] // held only for its drop
+    guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects (without migrating): creates the schema if missing and points every pooled
+    /// connection's `search_path` at it.
+    /// Fails with [`StoreError::Unavailable`] when the server cannot be reached within
+    /// `acquire_timeout`.
+    pub async fn connect(url: &str, opts: PgOptions) -> StoreResult<Self> {
+        let connect: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Backend(format!("invalid configuration: {e}")))?;
+        Self::connect_with(connect, opts).await
+    }
+
+    /// Like [`PgStore::connect`] with parsed connect options.
+    pub async fn connect_with(connect: PgConnectOptions, opts: PgOptions) -> StoreResult<Self> {
+        validate_schema_name(&opts.schema)?;
+        let set_path: Arc<str> = format!("SET search_path TO \"{}\"", opts.schema).into();
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .after_connect(move |conn, _meta| {
+                let sql = set_path.clone();
+                Box::pin(async move {
+                    conn.execute(&*sql).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(pg_err)?;
+        let store = Self::from_pool_unchecked(pool, &opts.schema);
+        store.create_schema().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool whose connections already use `schema` as `search_path`.
+    /// Prefer [`PgStore::connect`], which configures the pool.
+    pub fn from_pool(pool: PgPool, schema: &str) -> StoreResult<Self> {
+        validate_schema_name(schema)?;
+        Ok(Self::from_pool_unchecked(pool, schema))
+    }
+
+    fn from_pool_unchecked(pool: PgPool, schema: &str) -> Self {
+        let claim_lock = rows::lock_key(&[b"cti", b"claim", schema.as_bytes()]);
+        Self {
+            pool,
+            schema: schema.into(),
+            claim_lock,
+            guard: None,
+        }
+    }
+
+    /// Ties a value's lifetime to the store: it is dropped with the last clone of the store.
+    /// Tests use it to drop their scratch schema when the store goes away.
+    #[doc(hidden)]
+    pub fn with_guard(mut self, guard: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    async fn create_schema(&self) -> StoreResult<()> {
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        match self.pool.execute(sql.as_str()).await {
+            Ok(_) => Ok(()),
+            // Two processes creating the schema at once: the loser sees a unique violation.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("23505" | "42P06")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(pg_err(e)),
+        }
+    }
+
+    /// Connects and migrates.
+    pub async fn open(url: &str, opts: PgOptions) -> Result<Self, MigrationError> {
+        let store = Self::connect(url, opts).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations (idempotent; concurrent callers serialise on sqlx's
+    /// migration lock). Refuses with [`MigrationError::SchemaTooNew`] when the ledger records a
+    /// version this binary does not know (a newer release migrated the database), before
+    /// touching anything.
+    pub async fn migrate(&self) -> Result<(), MigrationError> {
+        let known = Self::binary_version();
+        if let Some(applied) = self.applied_version().await?
+            && applied > known
+        {
+            return Err(MigrationError::SchemaTooNew { applied, known });
+        }
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            // Another process applied a newer migration between the check and the run.
+            MigrateError::VersionMissing(applied) => {
+                MigrationError::SchemaTooNew { applied, known }
+            }
+            other => MigrationError::Store(pg_err(other.into())),
+        })
+    }
+
+    /// Highest successfully applied migration version, `None` before the first migration.
+    pub async fn applied_version(&self) -> StoreResult<Option<i64>> {
+        let ledger = format!("\"{}\"._sqlx_migrations", self.schema);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&ledger)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        if !exists {
+            return Ok(None);
+        }
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_err)?;
+        Ok(v)
+    }
+
+    /// The highest migration version embedded in this binary.
+    pub fn binary_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// The connection pool (every connection's `search_path` is the store's schema).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Closes the pool, waiting for checked-out connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,353 @@
+//! [`RecordStore`] and [`MappingStore`] on PostgreSQL.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use cti_core::model::*;
+use cti_core::store::*;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::PgStore;
+use super::rows::*;
+
+fn call_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &CallFilter) {
+    qb.push(" FROM calls WHERE app_id = ").push_bind(app.0);
+    if let Some(st) = &f.statuses {
+        let st: Vec<String> = st.iter().map(|s| s.as_str().to_string()).collect();
+        qb.push(" AND status = ANY(").push_bind(st).push(")");
+    }
+    if let Some(d) = f.direction {
+        qb.push(" AND direction = ").push_bind(d.as_str());
+    }
+    if let Some(x) = &f.from {
+        qb.push(" AND from_number = ").push_bind(x.clone());
+    }
+    if let Some(x) = &f.to {
+        qb.push(" AND to_number = ").push_bind(x.clone());
+    }
+}
+
+fn message_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &MessageFilter) {
+    qb.push(" FROM messages WHERE app_id = ").push_bind(app.0);
+    if let Some(d) = f.direction {
+        qb.push(" AND direction = ").push_bind(d.as_str());
+    }
+    if let Some(x) = &f.from {
+        qb.push(" AND from_number = ").push_bind(x.clone());
+    }
+    if let Some(x) = &f.to {
+        qb.push(" AND to_number = ").push_bind(x.clone());
+    }
+    if let Some(u) = f.dialpad_user_id {
+        qb.push(" AND dialpad_user_id = ").push_bind(u.as_i64());
+    }
+}
+
+fn voicemail_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &VoicemailFilter) {
+    qb.push(" FROM voicemails WHERE app_id = ").push_bind(app.0);
+    if let Some(u) = f.dialpad_user_id {
+        qb.push(" AND dialpad_user_id = ").push_bind(u.as_i64());
+    }
+}
+
+fn push_page(qb: &mut QueryBuilder<'_, Postgres>, page: PageRequest) {
+    qb.push(" LIMIT ")
+        .push_bind(i64::from(page.limit))
+        .push(" OFFSET ")
+        .push_bind(i64_of(page.offset));
+}
+
+impl PgStore {
+    /// Runs a filtered, ordered page query and its count.
+    async fn paged<T>(
+        &self,
+        cols: &str,
+        filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
+        order: &str,
+        page: PageRequest,
+        decode: fn(&sqlx::postgres::PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
+        qb.push(cols);
+        filter(&mut qb);
+        qb.push(" ORDER BY ").push(order);
+        push_page(&mut qb, page);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(pg_err)?;
+        let items = all(&rows, decode)?;
+        let total = if page.offset == 0 && (items.len() as u64) < u64::from(page.limit) {
+            // The page holds every match: no need to count.
+            items.len() as u64
+        } else {
+            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
+            filter(&mut qb);
+            let n: i64 = qb
+                .build_query_scalar()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_err)?;
+            u64_of(n)?
+        };
+        Ok(Page { items, total })
+    }
+}
+
+#[async_trait]
+impl RecordStore for PgStore {
+    async fn list_calls(
+        &self,
+        app: AppId,
+        filter: &CallFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Call>> {
+        self.paged(
+            CALL_COLS,
+            |qb| call_where(qb, app, filter),
+            "started_at DESC NULLS LAST, created_at DESC, id",
+            page,
+            call_from_row,
+        )
+        .await
+    }
+
+    async fn get_call(&self, app: AppId, id: Uuid) -> StoreResult<Option<Call>> {
+        let sql = format!("SELECT {CALL_COLS} FROM calls WHERE app_id = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    async fn get_call_by_dialpad_id(
+        &self,
+        app: AppId,
+        call_id: DialpadId,
+    ) -> StoreResult<Option<Call>> {
+        let sql =
+            format!("SELECT {CALL_COLS} FROM calls WHERE app_id = $1 AND dialpad_call_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(call_id.as_i64())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    async fn list_messages(
+        &self,
+        app: AppId,
+        filter: &MessageFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Message>> {
+        self.paged(
+            MESSAGE_COLS,
+            |qb| message_where(qb, app, filter),
+            "sent_at DESC NULLS LAST, created_at DESC, id",
+            page,
+            message_from_row,
+        )
+        .await
+    }
+
+    async fn get_message(&self, app: AppId, id: Uuid) -> StoreResult<Option<Message>> {
+        let sql = format!("SELECT {MESSAGE_COLS} FROM messages WHERE app_id = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
+    async fn list_voicemails(
+        &self,
+        app: AppId,
+        filter: &VoicemailFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Voicemail>> {
+        self.paged(
+            VOICEMAIL_COLS,
+            |qb| voicemail_where(qb, app, filter),
+            "created_at DESC, id",
+            page,
+            voicemail_from_row,
+        )
+        .await
+    }
+
+    async fn get_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<Option<Voicemail>> {
+        let sql = format!("SELECT {VOICEMAIL_COLS} FROM voicemails WHERE app_id = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(voicemail_from_row).transpose()
+    }
+
+    async fn delete_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM voicemails WHERE app_id = $1 AND id = $2")
+            .bind(app.0)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl MappingStore for PgStore {
+    async fn upsert_mapping(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+        crm_user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<UserMapping> {
+        let sql = format!(
+            "INSERT INTO dialpad_user_mappings (id, app_id, dialpad_user_id, crm_user_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (app_id, dialpad_user_id) DO UPDATE SET crm_user_id = EXCLUDED.crm_user_id, \
+             updated_at = EXCLUDED.updated_at RETURNING {MAPPING_COLS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Uuid::new_v4())
+            .bind(app.0)
+            .bind(dialpad_user_id.as_i64())
+            .bind(crm_user_id)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        mapping_from_row(&row)
+    }
+
+    async fn upsert_mappings(
+        &self,
+        app: AppId,
+        pairs: &[(DialpadId, String)],
+        now: Timestamp,
+    ) -> StoreResult<usize> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1)")
+            .bind(app.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        // A user repeated in the batch: the last pair wins (as sequential upserts would), and
+        // one statement may not update a row twice.
+        let mut last: HashMap<DialpadId, usize> = HashMap::with_capacity(pairs.len());
+        for (i, (u, _)) in pairs.iter().enumerate() {
+            last.insert(*u, i);
+        }
+        let mut idx: Vec<usize> = last.into_values().collect();
+        idx.sort_unstable();
+        let ids: Vec<Uuid> = idx.iter().map(|_| Uuid::new_v4()).collect();
+        let users: Vec<i64> = idx.iter().map(|&i| pairs[i].0.as_i64()).collect();
+        let crms: Vec<String> = idx.iter().map(|&i| pairs[i].1.clone()).collect();
+        // One statement: all or nothing.
+        sqlx::query(
+            "INSERT INTO dialpad_user_mappings (id, app_id, dialpad_user_id, crm_user_id, created_at, updated_at) \
+             SELECT u.id, $4, u.dialpad_user_id, u.crm_user_id, $5, $5 \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) AS u(id, dialpad_user_id, crm_user_id) \
+             ON CONFLICT (app_id, dialpad_user_id) DO UPDATE SET crm_user_id = EXCLUDED.crm_user_id, \
+             updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&crms)
+        .bind(app.0)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        Ok(pairs.len())
+    }
+
+    async fn get_mapping_by_dialpad(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+    ) -> StoreResult<Option<UserMapping>> {
+        let sql = format!(
+            "SELECT {MAPPING_COLS} FROM dialpad_user_mappings WHERE app_id = $1 AND dialpad_user_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(dialpad_user_id.as_i64())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(mapping_from_row).transpose()
+    }
+
+    async fn get_mapping_by_crm(
+        &self,
+        app: AppId,
+        crm_user_id: &str,
+    ) -> StoreResult<Option<UserMapping>> {
+        let sql = format!(
+            "SELECT {MAPPING_COLS} FROM dialpad_user_mappings WHERE app_id = $1 AND crm_user_id = $2 \
+             ORDER BY created_at, id LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(app.0)
+            .bind(crm_user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        row.as_ref().map(mapping_from_row).transpose()
+    }
+
+    async fn list_mappings(&self, app: AppId, page: PageRequest) -> StoreResult<Page<UserMapping>> {
+        self.paged(
+            MAPPING_COLS,
+            |qb| {
+                qb.push(" FROM dialpad_user_mappings WHERE app_id = ")
+                    .push_bind(app.0);
+            },
+            "created_at DESC, id",
+            page,
+            mapping_from_row,
+        )
+        .await
+    }
+
+    async fn delete_mapping(&self, app: AppId, id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM dialpad_user_mappings WHERE app_id = $1 AND id = $2")
+            .bind(app.0)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_mapping_by_dialpad(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "DELETE FROM dialpad_user_mappings WHERE app_id = $1 AND dialpad_user_id = $2",
+        )
+        .bind(app.0)
+        .bind(dialpad_user_id.as_i64())
+        .execute(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
