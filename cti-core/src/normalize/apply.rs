@@ -85,7 +85,13 @@ pub fn apply_event(app: AppId, n: &Normalized, existing: Existing, now: Timestam
                 _ => false,
             },
         };
-        if push && let Some(name) = n.event.wire_name() {
+        // A `connected` that takes the call off hold is announced as `call.resumed`.
+        let resumed = n.event == CtiEvent::CallStarted
+            && !push
+            && existing.call.as_ref().is_some_and(|c| c.held)
+            && !m.call.held;
+        let name = if resumed { Some("call.resumed") } else { n.event.wire_name().filter(|_| push) };
+        if let Some(name) = name {
             out.outbox.push(OutboxMessage {
                 event: name.to_string(),
                 payload: call_payload(name, &m.call, crm.as_deref(), now),
@@ -134,7 +140,7 @@ pub fn call_payload(event: &str, c: &Call, crm: Option<&str>, now: Timestamp) ->
     m.insert("duration_seconds".into(), c.duration_seconds.map_or(Value::Null, Value::from));
     m.insert("started_at".into(), opt_str(c.started_at.as_ref().map(format_ts)));
     m.insert("ended_at".into(), opt_str(c.ended_at.as_ref().map(format_ts)));
-    if event == "call.held" {
+    if event == "call.held" || event == "call.resumed" {
         m.insert("held".into(), json!(c.held));
     }
     if event == "call.recording.completed" {
