@@ -29,8 +29,8 @@
 //!      publishers, so sequence numbers are gap-free and commit in order per app), then
 //!      insert the messages into `cti_events` with `seq = old + 1 ..= old + len` in order and
 //!      `created_at = now`;
-//!    * set the inbox row `status = 'done'`, `processed_at = now`, `locked_until = NULL`,
-//!      `last_error = NULL`;
+//!    * set the inbox row `status = 'done'`, `processed_at = now`, `locked_until = NULL`
+//!      (`last_error` is kept: it tells why earlier attempts failed, as `MemoryStore` does);
 //!    * commit, then return the [`PublishedEvent`](cti_core::store::PublishedEvent)s (the
 //!      caller publishes them only after the commit).
 //!

@@ -25,6 +25,10 @@ use crate::common::{self, map_err};
 const DUE: &str = "((status IN ('pending', 'failed') AND next_attempt_at <= ?1) \
                     OR (status = 'processing' AND locked_until < ?1))";
 
+/// [`DUE`] for the alias `p`.
+const DUE_P: &str = "((p.status IN ('pending', 'failed') AND p.next_attempt_at <= ?1) \
+                      OR (p.status = 'processing' AND p.locked_until < ?1))";
+
 /// Rows read per step of the claim scan.
 const SCAN_CHUNK: i64 = 256;
 
@@ -340,8 +344,10 @@ impl InboxStore for SqliteStore {
 
 /// Selects the events a claim takes, in output order.
 ///
-/// Scans unfinished events in arrival order (partial index `webhook_events_unfinished`). An
-/// event without a call id is taken as is. For the first due event of each call, the call
+/// Scans unfinished events in arrival order (partial index `webhook_events_unfinished`),
+/// skipping in SQL every event of a call that is not the call's first due arrival (so a call
+/// with a long backlog costs one row, not one per event). An event without a call id is
+/// taken as is. For the first due event of each call, the call
 /// is skipped when another of its events holds an unexpired lease; otherwise the call's
 /// earliest due event by `(event_timestamp NULLS LAST, received_at, seq)` is taken — which
 /// may have arrived later than the scanned row, so the scan continues until no unseen row
@@ -357,6 +363,14 @@ async fn select_claimable(
           WHERE status IN ('pending', 'failed', 'processing')
             AND (received_at > ?2 OR (received_at = ?2 AND seq > ?3))
             AND {DUE}
+            AND (call_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM webhook_events p INDEXED BY webhook_events_call_unfinished
+                    WHERE p.app_id = webhook_events.app_id AND p.call_id = webhook_events.call_id
+                      AND p.status IN ('pending', 'failed', 'processing')
+                      AND (p.received_at < webhook_events.received_at
+                           OR (p.received_at = webhook_events.received_at
+                               AND p.seq < webhook_events.seq))
+                      AND {DUE_P}))
           ORDER BY received_at, seq
           LIMIT ?4"
     );

@@ -1,0 +1,436 @@
+//! SQLite-specific behaviour beyond the conformance suite: reopening, schema-version refusal,
+//! concurrent ingest, legacy keys, and the claim algorithm checked against `MemoryStore`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use cti_core::model::*;
+use cti_core::store::*;
+use cti_sqlx::SqliteStore;
+use cti_sqlx::sqlite::MigrationError;
+use uuid::Uuid;
+
+fn t0() -> Timestamp {
+    chrono::Utc
+        .with_ymd_and_hms(2026, 1, 29, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn ms(n: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(n)
+}
+
+fn key(n: &str) -> NewKey {
+    NewKey {
+        lookup: format!("{n:0>64}"),
+        hint: format!("raw_{n}...{n}"),
+    }
+}
+
+fn new_app(name: &str, k: &str) -> NewApp {
+    NewApp {
+        id: AppId::new(),
+        name: name.into(),
+        key: key(k),
+        now: t0(),
+    }
+}
+
+fn ev(
+    app: AppId,
+    dedupe: &str,
+    call: Option<u64>,
+    ts: Option<i64>,
+    at: Timestamp,
+) -> NewInboxEvent {
+    NewInboxEvent {
+        id: Uuid::new_v4(),
+        app_id: app,
+        dedupe_key: dedupe.into(),
+        event_type: Some("ringing".into()),
+        call_id: call.map(DialpadId),
+        state: Some("ringing".into()),
+        event_timestamp: ts,
+        payload: serde_json::json!({"call_id": call, "state": "ringing"}),
+        received_at: at,
+    }
+}
+
+fn db_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("cti.db").display())
+}
+
+#[tokio::test]
+async fn reopen_keeps_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(&dir);
+    let app = {
+        let s = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(s.applied_version().await.unwrap(), Some(1));
+        let app = s
+            .create_app(new_app("A", "a"), AuditContext::default())
+            .await
+            .unwrap();
+        s.inbox_insert(vec![ev(app.id, "k1", Some(1), Some(5), t0())])
+            .await
+            .unwrap();
+        s.close().await;
+        app
+    };
+    let s = SqliteStore::open(&url).await.unwrap();
+    s.migrate().await.unwrap();
+    assert_eq!(s.applied_version().await.unwrap(), Some(1));
+    assert_eq!(s.get_app(app.id).await.unwrap().unwrap(), app);
+    let dup = s
+        .inbox_insert(vec![ev(app.id, "k1", Some(1), Some(5), t0())])
+        .await
+        .unwrap();
+    assert!(dup[0].is_duplicate(), "dedupe survives a restart");
+    assert_eq!(s.inbox_stats().await.unwrap().unprocessed, 1);
+    assert!(dir.path().join("cti.db").exists());
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(&dir);
+    let s = SqliteStore::open(&url).await.unwrap();
+    s.close().await;
+    // A newer release recorded a migration this binary does not know.
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (20990101000000, 'from the future', 1, X'00', 0)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    raw.close().await;
+    match SqliteStore::open(&url).await {
+        Err(MigrationError::SchemaTooNew { applied, known }) => {
+            assert_eq!((applied, known), (20990101000000, 1));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    // connecting without migrating still works (e.g. for a read-only inspection)
+    let s = SqliteStore::connect(&url).await.unwrap();
+    assert!(matches!(
+        s.migrate().await,
+        Err(MigrationError::SchemaTooNew { .. })
+    ));
+    let as_store: StoreError = MigrationError::SchemaTooNew {
+        applied: 2,
+        known: 1,
+    }
+    .into();
+    assert!(matches!(as_store, StoreError::Backend(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ingest_from_16_tasks_loses_nothing() {
+    let s = Arc::new(SqliteStore::open_temporary().await.unwrap());
+    let app = s
+        .create_app(new_app("A", "a"), AuditContext::default())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let s = s.clone();
+            let t = t as u64;
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for b in 0..25 {
+                    // 8 unique events per batch on 3 calls of the task, plus one key shared by every task (a retry
+                    // delivered to several instances at once).
+                    let mut batch: Vec<NewInboxEvent> = (0..8)
+                        .map(|i| {
+                            ev(
+                                app.id,
+                                &format!("t{t}-b{b}-{i}"),
+                                Some(10 * t + 1 + i % 3),
+                                Some(b),
+                                t0(),
+                            )
+                        })
+                        .collect();
+                    batch.push(ev(app.id, &format!("shared-{b}"), Some(99), Some(1), t0()));
+                    outcomes.extend(s.inbox_insert(batch).await.unwrap());
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut inserted = HashSet::new();
+    let mut duplicates = Vec::new();
+    for t in tasks {
+        for o in t.await.unwrap() {
+            match o {
+                InsertOutcome::Inserted(id) => assert!(inserted.insert(id)),
+                InsertOutcome::Duplicate(id) => duplicates.push(id),
+            }
+        }
+    }
+    assert_eq!(inserted.len(), 16 * 25 * 8 + 25);
+    assert_eq!(duplicates.len(), 15 * 25);
+    assert!(
+        duplicates.iter().all(|d| inserted.contains(d)),
+        "duplicates name the stored event"
+    );
+    let stats = s.inbox_stats().await.unwrap();
+    assert_eq!(stats.unprocessed as usize, inserted.len());
+    // and all of them can be processed, each exactly once
+    let mut seen = HashSet::new();
+    loop {
+        let c = s
+            .inbox_claim(64, Duration::from_secs(60), t0())
+            .await
+            .unwrap();
+        if c.is_empty() {
+            break;
+        }
+        for e in c {
+            assert!(seen.insert(e.id));
+            s.inbox_complete(e.id, e.attempts, EventResult::Ignored("t".into()), t0())
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(seen, inserted);
+}
+
+#[tokio::test]
+async fn legacy_bcrypt_app_is_listed_backfilled_and_rotated() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    let id = AppId::new();
+    let hash = "$2b$10$abcdefghijklmnopqrstuuSx4m0b7xR1Q2bUu2I0u9gHqXgQ0l1e";
+    s.insert_legacy_app(id, "Legacy", hash, t0()).await.unwrap();
+    let err = s
+        .insert_legacy_app(AppId::new(), "Other", hash, t0())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let legacy = s.legacy_keys().await.unwrap();
+    assert_eq!(legacy.len(), 1);
+    assert_eq!(legacy[0].bcrypt_hash, hash);
+    assert!(legacy[0].app.has_key);
+    assert_eq!(legacy[0].app.api_key_issued_at, None);
+    s.backfill_key(id, "$2b$10$other", key("x")).await.unwrap();
+    assert!(
+        s.find_app_by_key(&key("x").lookup, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.backfill_key(id, hash, key("l1")).await.unwrap();
+    assert!(s.legacy_keys().await.unwrap().is_empty());
+    let m = s
+        .find_app_by_key(&key("l1").lookup, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(m.current);
+    assert_eq!(m.app.api_key_hint.as_deref(), Some("raw_l1...l1"));
+    let out = s
+        .change_key(
+            id,
+            KeyChange::Issue {
+                key: key("l2"),
+                grace_until: None,
+            },
+            AuditContext::default(),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.audit.action, AuditAction::Rotated);
+    assert_eq!(out.audit.old_key_hint.as_deref(), Some("raw_l1...l1"));
+    assert!(
+        s.find_app_by_key(&key("l1").lookup, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn duplicate_ids_and_keys_are_conflicts() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    let a = new_app("A", "a");
+    s.create_app(a.clone(), AuditContext::default())
+        .await
+        .unwrap();
+    let err = s
+        .create_app(
+            NewApp {
+                key: key("other"),
+                ..a
+            },
+            AuditContext::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let err = s
+        .create_app(new_app("B", "a"), AuditContext::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        s.list_apps(PageRequest::new(10, 0)).await.unwrap().total,
+        1,
+        "failed creates leave nothing"
+    );
+    let ctx = AuditContext {
+        actor: Some("internal".into()),
+        request_ip: Some("10.0.0.1".into()),
+        user_agent: None,
+    };
+    let b = s.create_app(new_app("B", "b"), ctx.clone()).await.unwrap();
+    let audit = s.list_audit(b.id, PageRequest::new(10, 0)).await.unwrap();
+    assert_eq!(audit.items[0].context, ctx);
+}
+
+#[tokio::test]
+async fn claim_scans_past_its_chunk_and_keeps_one_event_per_call() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    let app = s
+        .create_app(new_app("A", "a"), AuditContext::default())
+        .await
+        .unwrap();
+    // 700 events of one call, then 300 of distinct calls / no call, all due.
+    let mut batch: Vec<NewInboxEvent> = (0..700)
+        .map(|i| {
+            ev(
+                app.id,
+                &format!("same-{i}"),
+                Some(1),
+                Some(1000 - i),
+                t0() + ms(i),
+            )
+        })
+        .collect();
+    batch.extend((0..300).map(|i| {
+        let call = (i % 2 == 0).then_some(100 + i as u64);
+        ev(
+            app.id,
+            &format!("other-{i}"),
+            call,
+            Some(i),
+            t0() + ms(700 + i),
+        )
+    }));
+    s.inbox_insert(batch).await.unwrap();
+    let c = s
+        .inbox_claim(1000, Duration::from_secs(60), t0() + ms(5000))
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 301);
+    // call 1's earliest event by event_timestamp is the last one received
+    assert_eq!(c[0].dedupe_key, "same-699");
+    assert!(c.windows(2).all(|w| w[0].received_at <= w[1].received_at));
+    let again = s
+        .inbox_claim(1000, Duration::from_secs(60), t0() + ms(5001))
+        .await
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "every call is busy and id-less events are held"
+    );
+}
+
+/// Tiny deterministic generator for the differential test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The claim algorithm makes the same choices, in the same order, as `MemoryStore`.
+#[tokio::test]
+async fn claims_match_the_memory_store() {
+    for seed in 1..=25u64 {
+        let mem: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let sql: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        let apps = [new_app("A", "a"), new_app("B", "b")];
+        for s in [&mem, &sql] {
+            for a in &apps {
+                s.create_app(a.clone(), AuditContext::default())
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut rng = Lcg(seed);
+        let mut events = Vec::new();
+        for i in 0..60 {
+            let app = apps[rng.next(2) as usize].id;
+            let call = match rng.next(6) {
+                0 => None,
+                c => Some(c),
+            };
+            let ts = (rng.next(4) != 0).then(|| rng.next(50) as i64);
+            // duplicates of (app, key) happen too
+            let key = format!("k{}", rng.next(55));
+            events.push(ev(
+                app,
+                &key,
+                call,
+                ts,
+                t0() + ms(rng.next(20) as i64 * 100),
+            ));
+            if i % 20 == 19 {
+                let batch = std::mem::take(&mut events);
+                let a = mem.inbox_insert(batch.clone()).await.unwrap();
+                let b = sql.inbox_insert(batch).await.unwrap();
+                assert_eq!(a, b, "seed {seed}: insert outcomes");
+            }
+        }
+        let mut now = t0();
+        for step in 0..40 {
+            now += ms(rng.next(3000) as i64);
+            let limit = 1 + rng.next(6) as usize;
+            let lease = Duration::from_millis(500 + rng.next(3000));
+            let a = mem.inbox_claim(limit, lease, now).await.unwrap();
+            let b = sql.inbox_claim(limit, lease, now).await.unwrap();
+            assert_eq!(a, b, "seed {seed} step {step}: claimed events");
+            for e in a {
+                match rng.next(4) {
+                    0 => {
+                        for s in [&mem, &sql] {
+                            s.inbox_complete(
+                                e.id,
+                                e.attempts,
+                                EventResult::Ignored("x".into()),
+                                now,
+                            )
+                            .await
+                            .unwrap();
+                        }
+                    }
+                    1 => {
+                        let retry = (rng.next(3) != 0).then(|| now + ms(rng.next(4000) as i64));
+                        for s in [&mem, &sql] {
+                            s.inbox_fail(e.id, e.attempts, "boom", retry, now)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    _ => {} // the worker "crashes": the lease expires
+                }
+            }
+        }
+        assert_eq!(
+            mem.inbox_stats().await.unwrap(),
+            sql.inbox_stats().await.unwrap(),
+            "seed {seed}"
+        );
+    }
+}
