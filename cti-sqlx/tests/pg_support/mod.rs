@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cti_sqlx::pg::{PgOptions, PgStore};
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 /// Default test database.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -113,6 +113,17 @@ impl TestDb {
             .await
             .expect("open test store")
             .with_guard(self.guard.clone())
+    }
+
+    /// A migrated store on the scratch schema reached through other connect options (e.g. a
+    /// proxy); the schema is still dropped at the end.
+    pub async fn store_via(&self, connect: PgConnectOptions, mut opts: PgOptions) -> PgStore {
+        opts.schema = self.schema.clone();
+        let store = PgStore::connect_with(connect, opts)
+            .await
+            .expect("connect test store");
+        store.migrate().await.expect("migrate test store");
+        store.with_guard(self.guard.clone())
     }
 
     /// A plain connection (search_path not set).
