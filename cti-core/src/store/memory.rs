@@ -31,8 +31,10 @@ struct Tables {
     mappings: HashMap<(AppId, DialpadId), UserMapping>,
     inbox: HashMap<Uuid, InboxEvent>,
     inbox_keys: HashMap<(AppId, String), Uuid>,
-    /// Insertion order, for "oldest first" claims with equal timestamps.
+    /// Unfinished (pending/failed/processing) events in arrival order; finished events leave
+    /// it, so claims only scan live work.
     inbox_order: BTreeMap<(Timestamp, u64), Uuid>,
+    order_key: HashMap<Uuid, (Timestamp, u64)>,
     inbox_seq: u64,
     outbox: HashMap<AppId, BTreeMap<u64, PublishedEvent>>,
     connections: HashMap<AppId, DialpadConnection>,
@@ -252,6 +254,23 @@ impl MemoryStore {
     }
 }
 
+impl Tables {
+    fn finished(&mut self, id: Uuid) {
+        if let Some(k) = self.order_key.remove(&id) {
+            self.inbox_order.remove(&k);
+        }
+    }
+
+    fn unfinished(&mut self, id: Uuid) {
+        if let Some(e) = self.inbox.get(&id) {
+            self.inbox_seq += 1;
+            let k = (e.received_at, self.inbox_seq);
+            self.inbox_order.insert(k, id);
+            self.order_key.insert(id, k);
+        }
+    }
+}
+
 fn is_due(e: &InboxEvent, now: Timestamp) -> bool {
     match e.status {
         EventStatus::Pending | EventStatus::Failed => e.next_attempt_at <= now,
@@ -279,6 +298,7 @@ impl InboxStore for MemoryStore {
             t.inbox_seq += 1;
             let seq = t.inbox_seq;
             t.inbox_order.insert((e.received_at, seq), e.id);
+            t.order_key.insert(e.id, (e.received_at, seq));
             t.inbox.insert(
                 e.id,
                 InboxEvent {
@@ -307,8 +327,9 @@ impl InboxStore for MemoryStore {
     async fn inbox_claim(&self, limit: usize, lease: Duration, now: Timestamp) -> StoreResult<Vec<InboxEvent>> {
         let mut t = self.t.lock();
         let busy: std::collections::HashSet<(AppId, DialpadId)> = t
-            .inbox
+            .inbox_order
             .values()
+            .filter_map(|id| t.inbox.get(id))
             .filter(|e| held_lease(e, now))
             .filter_map(|e| e.call_id.map(|c| (e.app_id, c)))
             .collect();
@@ -369,6 +390,7 @@ impl InboxStore for MemoryStore {
                 e.last_error = Some(reason);
                 e.processed_at = Some(now);
                 e.locked_until = None;
+                t.finished(event_id);
                 return Ok(vec![]);
             }
             EventResult::Apply(n) => n,
@@ -421,6 +443,7 @@ impl InboxStore for MemoryStore {
             e.processed_at = Some(now);
             e.locked_until = None;
         }
+        t.finished(event_id);
         Ok(published)
     }
 
@@ -440,6 +463,7 @@ impl InboxStore for MemoryStore {
             None => {
                 e.status = EventStatus::Dead;
                 e.processed_at = Some(now);
+                t.finished(event_id);
             }
         }
         Ok(())
@@ -458,6 +482,9 @@ impl InboxStore for MemoryStore {
                 e.attempts = 0;
                 e.next_attempt_at = now;
                 e.processed_at = None;
+                if !t.order_key.contains_key(&id) {
+                    t.unfinished(id);
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -499,7 +526,9 @@ impl InboxStore for MemoryStore {
                 t.inbox_keys.remove(&(e.app_id, e.dedupe_key));
             }
         }
-        t.inbox_order.retain(|_, id| !gone.contains(id));
+        for id in &gone {
+            t.finished(*id);
+        }
         Ok(gone.len() as u64)
     }
 
