@@ -21,7 +21,7 @@ const IA: (&str, &str) = ("authorization", "Bearer SSSSSSSSSSSSSSSSSSSSSSSSSSSSS
 
 struct H {
     app: Router,
-    _run: Running,
+    _run: Option<Running>,
 }
 
 fn cti() -> Cti {
@@ -43,7 +43,7 @@ fn harness_with(http: HttpConfig) -> H {
     let run = cti.start();
     H {
         app: cti_axum::router(cti, http),
-        _run: run,
+        _run: Some(run),
     }
 }
 
@@ -1752,4 +1752,84 @@ async fn t130_webhook_rate_limit_counts_rejections_only() {
         json!({"error":"Too many webhook requests from this IP, please try again later."})
     );
     assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn event_retry_and_draining_health() {
+    use cti_core::store::{InboxStore, NewInboxEvent};
+    let store = Arc::new(MemoryStore::new());
+    let cti = Cti::builder()
+        .store(store.clone())
+        .config(CtiConfig::default())
+        .build();
+    let state = cti_axum::AppState {
+        limits: Arc::new(cti_axum::ratelimit::Limiter::new(&RateLimits::default())),
+        cti: cti.clone(),
+        config: Arc::new(HttpConfig::new(S)),
+        started: std::time::Instant::now(),
+        shutting_down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let h = H {
+        app: cti_axum::router_with_state(state.clone()),
+        _run: None,
+    };
+    // a dead-lettered event (app need not exist for the memory inbox)
+    let (app, _) = h.create("Tenant A").await;
+    let id = uuid::Uuid::new_v4();
+    let now = cti.now();
+    let ev = NewInboxEvent {
+        id,
+        app_id: app.parse().expect("app id"),
+        dedupe_key: "k1".into(),
+        event_type: Some("call.teleported".into()),
+        call_id: None,
+        state: None,
+        event_timestamp: None,
+        payload: json!({}),
+        received_at: now,
+    };
+    // no processor runs here: claim the event ourselves, then fail it for good
+    store.inbox_insert(vec![ev]).await.expect("insert");
+    let claimed = store
+        .inbox_claim(10, Duration::from_secs(30), now)
+        .await
+        .expect("claim");
+    let retry = format!("/internal/events/{id}/retry");
+    let e = claimed.iter().find(|e| e.id == id).expect("claimed");
+    store
+        .inbox_fail(id, e.attempts, "boom", None, now)
+        .await
+        .expect("fail");
+    let r = h.ia("POST", &retry, None).await;
+    assert_eq!(
+        (r.status, r.body),
+        (
+            StatusCode::OK,
+            json!({"success":true,"event_id":id.to_string(),"status":"pending"})
+        )
+    );
+    // a pending event is not re-drivable
+    let r = h.ia("POST", &retry, None).await;
+    assert_eq!(
+        (r.status, r.body),
+        (
+            StatusCode::CONFLICT,
+            json!({"error":"Event is not failed or dead"})
+        )
+    );
+    assert_eq!(
+        h.ia("POST", "/internal/events/nope/retry", None)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = h.get("/health", &[]).await;
+    assert_eq!(
+        (r.status, r.body["status"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("unhealthy"))
+    );
 }
