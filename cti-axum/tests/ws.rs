@@ -597,3 +597,49 @@ async fn stalled_client_does_not_delay_others() {
     assert!(started.elapsed() < Duration::from_secs(5));
     env.stop().await;
 }
+
+#[tokio::test]
+async fn lagging_socket_gets_lagged_then_4008() {
+    let env = Env::with(
+        CtiConfig {
+            subscriber_queue: 4,
+            ..CtiConfig::default()
+        },
+        HttpConfig::new("internal"),
+    )
+    .await;
+    let mut ws = env.connect(&format!("api_key={}", env.ka)).await;
+    // A burst far larger than the queue, published without yielding.
+    for seq in 1..=200u64 {
+        env.cti
+            .hub()
+            .publish(Arc::new(cti_core::store::PublishedEvent {
+                app_id: env.a.id,
+                seq,
+                event: "call.ring".into(),
+                payload: serde_json::json!({"event": "call.ring", "call_id": seq.to_string()}),
+                target_crm_user: None,
+                created_at: env.cti.now(),
+            }));
+    }
+    let mut last = 0;
+    let lagged = loop {
+        let m = next_json(&mut ws, Duration::from_secs(2))
+            .await
+            .expect("lagged notice");
+        if m["type"] == "lagged" {
+            break m;
+        }
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last + 1, "in order, no gap before the lag");
+        last = seq;
+    };
+    assert!(last < 200);
+    assert_eq!(lagged["last_seq"], last);
+    assert_eq!(
+        lagged["reason"],
+        format!("client too slow; reconnect with since={last}")
+    );
+    assert_eq!(close_code(&mut ws, Duration::from_secs(2)).await, 4008);
+    env.stop().await;
+}

@@ -3,6 +3,7 @@
 //! instances on one database.
 
 mod common;
+pub mod import;
 pub mod pg;
 pub mod sqlite;
 

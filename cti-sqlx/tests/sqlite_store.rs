@@ -434,3 +434,49 @@ async fn claims_match_the_memory_store() {
         );
     }
 }
+
+#[tokio::test]
+async fn re_inserting_the_same_event_is_a_duplicate() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    let app = s
+        .create_app(new_app("A", "a"), AuditContext::default())
+        .await
+        .unwrap();
+    let e = ev(app.id, "k", Some(1), None, t0());
+    // the same event twice in one batch, then again (a caller retrying after a timeout)
+    let out = s.inbox_insert(vec![e.clone(), e.clone()]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            InsertOutcome::Inserted(e.id),
+            InsertOutcome::Duplicate(e.id)
+        ]
+    );
+    let out = s
+        .inbox_insert(vec![e.clone(), ev(app.id, "k2", None, None, t0())])
+        .await
+        .unwrap();
+    assert_eq!(out[0], InsertOutcome::Duplicate(e.id));
+    assert!(matches!(out[1], InsertOutcome::Inserted(_)));
+    // big batches span several multi-row statements
+    let batch: Vec<NewInboxEvent> = (0..1200)
+        .map(|i| ev(app.id, &format!("b{}", i % 1100), None, None, t0()))
+        .collect();
+    let out = s.inbox_insert(batch.clone()).await.unwrap();
+    assert_eq!(out.iter().filter(|o| !o.is_duplicate()).count(), 1100);
+    for (i, o) in out.iter().enumerate().skip(1100) {
+        assert_eq!(*o, InsertOutcome::Duplicate(batch[i - 1100].id));
+    }
+    // an id reused for another key is a conflict, and the batch leaves nothing behind
+    let err = s
+        .inbox_insert(vec![
+            ev(app.id, "fresh", None, None, t0()),
+            NewInboxEvent {
+                dedupe_key: "x".into(),
+                ..e
+            },
+        ])
+        .await;
+    assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+    assert_eq!(s.inbox_stats().await.unwrap().unprocessed, 1102);
+}

@@ -6,9 +6,10 @@ use cti_core::store::*;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::SqliteStore;
 use super::rows::{self, APP_COLS, AUDIT_COLS, int, ts};
+use super::{SqliteStore, begin_immediate};
 use crate::common::map_err;
+use sqlx::Connection;
 
 async fn insert_audit(conn: &mut sqlx::SqliteConnection, entry: &AuditEntry) -> StoreResult<()> {
     sqlx::query(
@@ -44,7 +45,8 @@ async fn fetch_app(conn: &mut sqlx::SqliteConnection, id: AppId) -> StoreResult<
 #[async_trait]
 impl AppStore for SqliteStore {
     async fn create_app(&self, new: NewApp, ctx: AuditContext) -> StoreResult<App> {
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let now = ts(&new.now);
         sqlx::query(
             "INSERT INTO apps (id, name, api_key_lookup, api_key_hint, api_key_issued_at,
@@ -80,12 +82,13 @@ impl AppStore for SqliteStore {
     }
 
     async fn get_app(&self, id: AppId) -> StoreResult<Option<App>> {
-        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let mut conn = self.read_conn().await?;
         fetch_app(&mut conn, id).await
     }
 
     async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>> {
-        let mut tx = self.read_tx().await?;
+        let mut r = self.read_conn().await?;
+        let mut tx = r.begin().await.map_err(map_err)?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
             .fetch_one(&mut *tx)
             .await
@@ -124,7 +127,7 @@ impl AppStore for SqliteStore {
             .bind(patch.is_active.map(i64::from))
             .bind(ts(&now))
             .bind(id.0.to_string())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::app).transpose()
@@ -141,7 +144,7 @@ impl AppStore for SqliteStore {
         let row = sqlx::query(&sql)
             .bind(lookup)
             .bind(ts(&now))
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
@@ -159,7 +162,7 @@ impl AppStore for SqliteStore {
              ORDER BY created_at, id"
         );
         sqlx::query(&sql)
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?
             .iter()
@@ -181,7 +184,7 @@ impl AppStore for SqliteStore {
         .bind(&key.hint)
         .bind(id.0.to_string())
         .bind(bcrypt_hash)
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -196,7 +199,8 @@ impl AppStore for SqliteStore {
     ) -> StoreResult<KeyChangeOutcome> {
         // The single writer connection serialises concurrent changes: the row read here is
         // the state the update below replaces.
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let row = sqlx::query(
             "SELECT is_active, api_key, api_key_lookup, api_key_hint FROM apps WHERE id = ?1",
         )
@@ -277,7 +281,8 @@ impl AppStore for SqliteStore {
         // Newest first = insertion order, newest first: concurrent changes may carry `now`
         // values out of order, but the hint chain (old hint = previous row's new hint) follows
         // the order the single writer applied them in.
-        let mut tx = self.read_tx().await?;
+        let mut r = self.read_conn().await?;
+        let mut tx = r.begin().await.map_err(map_err)?;
         let total: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM api_key_audit_log WHERE app_id = ?1")
                 .bind(id.0.to_string())

@@ -4,15 +4,16 @@ use async_trait::async_trait;
 use cti_core::model::*;
 use cti_core::store::*;
 
-use super::SqliteStore;
 use super::rows::{self, CONNECTION_COLS, SUBSCRIPTION_COLS, WEBHOOK_COLS, map_fk, ts};
+use super::{SqliteStore, begin_immediate};
 use crate::common::{self, map_err};
 
 #[async_trait]
 impl DialpadStore for SqliteStore {
     async fn upsert_connection(&self, conn: DialpadConnection) -> StoreResult<DialpadConnection> {
         let app = conn.app_id.0.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM apps WHERE id = ?1")
             .bind(&app)
             .fetch_optional(&mut *tx)
@@ -71,7 +72,7 @@ impl DialpadStore for SqliteStore {
         let sql = format!("SELECT {CONNECTION_COLS} FROM dialpad_connections WHERE app_id = ?1");
         let row = sqlx::query(&sql)
             .bind(app.0.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::connection).transpose()
@@ -83,7 +84,7 @@ impl DialpadStore for SqliteStore {
              WHERE c.dialpad_org_id = ?1 AND a.is_active = 1",
         )
         .bind(org.as_i64())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.read_conn().await?)
         .await
         .map_err(map_err)?;
         id.map(|s| common::uuid_from_text("app_id", &s).map(AppId))
@@ -93,7 +94,7 @@ impl DialpadStore for SqliteStore {
     async fn delete_connection(&self, app: AppId) -> StoreResult<bool> {
         let n = sqlx::query("DELETE FROM dialpad_connections WHERE app_id = ?1")
             .bind(app.0.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -120,7 +121,7 @@ impl DialpadStore for SqliteStore {
         .bind(hook.signature_type.as_deref())
         .bind(ts(&hook.created_at))
         .bind(ts(&hook.updated_at))
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_fk)?;
         Ok(hook)
@@ -132,7 +133,7 @@ impl DialpadStore for SqliteStore {
         );
         sqlx::query(&sql)
             .bind(app.0.to_string())
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?
             .iter()
@@ -147,7 +148,7 @@ impl DialpadStore for SqliteStore {
         );
         let row = sqlx::query(&sql)
             .bind(webhook_id.as_i64())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::webhook).transpose()
@@ -156,7 +157,7 @@ impl DialpadStore for SqliteStore {
     async fn delete_webhook(&self, webhook_id: DialpadId) -> StoreResult<bool> {
         let n = sqlx::query("DELETE FROM dialpad_webhooks WHERE webhook_id = ?1")
             .bind(webhook_id.as_i64())
-            .execute(&self.writer)
+            .execute(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -179,7 +180,7 @@ impl DialpadStore for SqliteStore {
         .bind(sub.dialpad_subscription_id.as_i64())
         .bind(common::json_to_text(&sub.config))
         .bind(ts(&sub.created_at))
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_fk)?;
         Ok(sub)
@@ -192,7 +193,7 @@ impl DialpadStore for SqliteStore {
         );
         sqlx::query(&sql)
             .bind(app.0.to_string())
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?
             .iter()

@@ -4,7 +4,8 @@
 //! Every write runs on the single writer connection, so a claim is trivially exclusive: no
 //! other transaction can observe or change the rows between the selection and the update.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,22 +13,26 @@ use cti_core::model::*;
 use cti_core::normalize::Normalized;
 use cti_core::normalize::apply::call_key;
 use cti_core::store::*;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::SqliteStore;
 use super::rows::{
     self, CALL_COLS, EVENT_COLS, MESSAGE_COLS, OUTBOX_COLS, VOICEMAIL_COLS, int, ts,
 };
+use super::{SqliteStore, begin_immediate};
 use crate::common::{self, map_err};
+use sqlx::Connection;
 
-/// "Due" condition of an event at `?1` (= now).
-const DUE: &str = "((status IN ('pending', 'failed') AND next_attempt_at <= ?1) \
-                    OR (status = 'processing' AND locked_until < ?1))";
+/// "Due" condition, at `?1` (= now), of the row aliased `t`.
+fn due(t: &str) -> String {
+    format!(
+        "(({t}.status IN ('pending', 'failed') AND {t}.next_attempt_at <= ?1) \
+          OR ({t}.status = 'processing' AND {t}.locked_until < ?1))"
+    )
+}
 
-/// [`DUE`] for the alias `p`.
-const DUE_P: &str = "((p.status IN ('pending', 'failed') AND p.next_attempt_at <= ?1) \
-                      OR (p.status = 'processing' AND p.locked_until < ?1))";
+/// Events per multi-row `INSERT` (10 parameters each; SQLite allows 32,766).
+const INSERT_CHUNK: usize = 500;
 
 /// Rows read per step of the claim scan.
 const SCAN_CHUNK: i64 = 256;
@@ -41,46 +46,88 @@ impl InboxStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await?;
-        let mut out = Vec::with_capacity(events.len());
-        for e in &events {
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_events
-                    (id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload,
-                     status, attempts, next_attempt_at, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9)
-                 ON CONFLICT (app_id, dedupe_key) DO NOTHING",
-            )
-            .bind(e.id.to_string())
-            .bind(e.app_id.0.to_string())
-            .bind(&e.dedupe_key)
-            .bind(e.event_type.as_deref())
-            .bind(e.call_id.map(DialpadId::as_i64))
-            .bind(e.state.as_deref())
-            .bind(e.event_timestamp)
-            .bind(common::json_to_text(&e.payload))
-            .bind(ts(&e.received_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
-            if inserted == 1 {
-                out.push(InsertOutcome::Inserted(e.id));
-                continue;
-            }
-            // A key already present — stored earlier or earlier in this batch.
-            let existing: String = sqlx::query_scalar(
-                "SELECT id FROM webhook_events WHERE app_id = ?1 AND dedupe_key = ?2",
-            )
-            .bind(e.app_id.0.to_string())
-            .bind(&e.dedupe_key)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            out.push(InsertOutcome::Duplicate(common::uuid_from_text(
-                "id", &existing,
-            )?));
+        // Multi-row statements: one round trip to the database thread per chunk, not per
+        // event (the round trip, not SQLite, is what an insert costs).
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
+        let mut inserted = 0u64;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
+                 event_timestamp, payload, next_attempt_at, received_at) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                let received = ts(&e.received_at);
+                row.push_bind(e.id.to_string())
+                    .push_bind(e.app_id.0.to_string())
+                    .push_bind(e.dedupe_key.clone())
+                    .push_bind(e.event_type.clone())
+                    .push_bind(e.call_id.map(DialpadId::as_i64))
+                    .push_bind(e.state.clone())
+                    .push_bind(e.event_timestamp)
+                    .push_bind(common::json_to_text(&e.payload))
+                    .push_bind(received)
+                    .push_bind(received);
+            });
+            // Rows are inserted in order, so a key repeated in the batch keeps its first event.
+            q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
+            inserted += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
         }
+        let out = if inserted == events.len() as u64 {
+            events
+                .iter()
+                .map(|e| InsertOutcome::Inserted(e.id))
+                .collect()
+        } else {
+            // Some keys existed. The single writer inserts rowids max+1, max+2, …, so the rows
+            // of this transaction are exactly those with `seq > max_seq - inserted`; an event
+            // is new when its key's row is one of them and carries its id.
+            let mut stored: HashMap<(String, String), (Uuid, bool)> = HashMap::new();
+            for chunk in events.chunks(INSERT_CHUNK) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT app_id, dedupe_key, id, \
+                            seq > (SELECT MAX(seq) FROM webhook_events) - ",
+                );
+                q.push_bind(i64::try_from(inserted).unwrap_or(i64::MAX));
+                q.push(" AS fresh FROM webhook_events WHERE (app_id, dedupe_key) IN (");
+                let mut sep = q.separated(", ");
+                for e in chunk {
+                    sep.push("(")
+                        .push_bind_unseparated(e.app_id.0.to_string())
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(e.dedupe_key.clone())
+                        .push_unseparated(")");
+                }
+                q.push(")");
+                for r in q.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                    let app: String = r.try_get("app_id").map_err(map_err)?;
+                    let key: String = r.try_get("dedupe_key").map_err(map_err)?;
+                    let id: String = r.try_get("id").map_err(map_err)?;
+                    let fresh: bool = r.try_get("fresh").map_err(map_err)?;
+                    stored.insert((app, key), (common::uuid_from_text("id", &id)?, fresh));
+                }
+            }
+            let mut out = Vec::with_capacity(events.len());
+            for e in &events {
+                let key = (e.app_id.0.to_string(), e.dedupe_key.clone());
+                // `take` the fresh flag: a second occurrence in the batch is a duplicate.
+                let outcome = match stored.get_mut(&key) {
+                    Some((id, fresh)) if *fresh && *id == e.id => {
+                        *fresh = false;
+                        InsertOutcome::Inserted(e.id)
+                    }
+                    Some((id, _)) => InsertOutcome::Duplicate(*id),
+                    None => return Err(StoreError::Backend("inserted event not found".into())),
+                };
+                out.push(outcome);
+            }
+            out
+        };
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -96,7 +143,8 @@ impl InboxStore for SqliteStore {
         }
         let now_us = ts(&now);
         let until = now_us.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let picked = select_claimable(&mut tx, limit, now_us).await?;
         if picked.is_empty() {
             tx.commit().await.map_err(map_err)?;
@@ -133,37 +181,35 @@ impl InboxStore for SqliteStore {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>> {
-        let mut tx = self.write_tx().await?;
-        let app = check_lease(&mut tx, event_id, attempt).await?;
-        let now_us = ts(&now);
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
+        // Lease check and status change in one statement (the whole transaction rolls back
+        // if applying fails). `done` keeps the last error of earlier attempts.
+        let (status, reason) = match &result {
+            EventResult::Ignored(reason) => (EventStatus::Ignored, Some(reason.as_str())),
+            EventResult::Apply(_) => (EventStatus::Done, None),
+        };
+        let app: String = sqlx::query_scalar(
+            "UPDATE webhook_events
+                SET status = ?1, last_error = COALESCE(?2, last_error), processed_at = ?3,
+                    locked_until = NULL
+              WHERE id = ?4 AND status = 'processing' AND attempts = ?5
+             RETURNING app_id",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(ts(&now))
+        .bind(event_id.to_string())
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .ok_or(StoreError::LeaseLost)?;
         let published = match result {
-            EventResult::Ignored(reason) => {
-                sqlx::query(
-                    "UPDATE webhook_events SET status = 'ignored', last_error = ?1,
-                            processed_at = ?2, locked_until = NULL
-                     WHERE id = ?3",
-                )
-                .bind(reason)
-                .bind(now_us)
-                .bind(event_id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                Vec::new()
-            }
+            EventResult::Ignored(_) => Vec::new(),
             EventResult::Apply(n) => {
-                let published = apply(&mut tx, app, &n, now).await?;
-                sqlx::query(
-                    "UPDATE webhook_events SET status = 'done', processed_at = ?1,
-                            locked_until = NULL
-                     WHERE id = ?2",
-                )
-                .bind(now_us)
-                .bind(event_id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                published
+                let app = AppId(common::uuid_from_text("app_id", &app)?);
+                apply(&mut tx, app, &n, now).await?
             }
         };
         tx.commit().await.map_err(map_err)?;
@@ -178,29 +224,33 @@ impl InboxStore for SqliteStore {
         retry_at: Option<Timestamp>,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        check_lease(&mut tx, event_id, attempt).await?;
+        // One statement: the lease check is its WHERE clause.
         let q = match retry_at {
             Some(at) => sqlx::query(
                 "UPDATE webhook_events SET status = 'failed', last_error = ?1,
                         next_attempt_at = ?2, locked_until = NULL
-                 WHERE id = ?3",
+                 WHERE id = ?3 AND status = 'processing' AND attempts = ?4",
             )
             .bind(error)
             .bind(ts(&at)),
             None => sqlx::query(
                 "UPDATE webhook_events SET status = 'dead', last_error = ?1,
                         processed_at = ?2, locked_until = NULL
-                 WHERE id = ?3",
+                 WHERE id = ?3 AND status = 'processing' AND attempts = ?4",
             )
             .bind(error)
             .bind(ts(&now)),
         };
-        q.bind(event_id.to_string())
-            .execute(&mut *tx)
+        let n = q
+            .bind(event_id.to_string())
+            .bind(i64::from(attempt))
+            .execute(&mut *self.write_conn().await)
             .await
-            .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+            .map_err(map_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::LeaseLost);
+        }
         Ok(())
     }
 
@@ -211,7 +261,7 @@ impl InboxStore for SqliteStore {
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(app.map(|a| a.0.to_string()))
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::event).transpose()
@@ -232,7 +282,7 @@ impl InboxStore for SqliteStore {
         .bind(ts(&now))
         .bind(id.to_string())
         .bind(app.map(|a| a.0.to_string()))
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -240,7 +290,8 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {
-        let mut tx = self.read_tx().await?;
+        let mut r = self.read_conn().await?;
+        let mut tx = r.begin().await.map_err(map_err)?;
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM webhook_events GROUP BY status")
             .fetch_all(&mut *tx)
             .await
@@ -278,7 +329,7 @@ impl InboxStore for SqliteStore {
             "DELETE FROM webhook_events WHERE status IN ('done', 'ignored') AND received_at < ?1",
         )
         .bind(ts(&before))
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -299,7 +350,7 @@ impl InboxStore for SqliteStore {
             .bind(app.0.to_string())
             .bind(int(after))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?
             .iter()
@@ -309,7 +360,7 @@ impl InboxStore for SqliteStore {
 
     async fn event_heads(&self) -> StoreResult<Vec<(AppId, u64)>> {
         sqlx::query("SELECT id, last_event_seq FROM apps WHERE last_event_seq > 0 ORDER BY id")
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?
             .iter()
@@ -325,7 +376,7 @@ impl InboxStore for SqliteStore {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT MIN(seq) FROM cti_events WHERE app_id = ?1")
                 .bind(app.0.to_string())
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.read_conn().await?)
                 .await
                 .map_err(map_err)?;
         Ok(v.map(rows::count))
@@ -334,7 +385,7 @@ impl InboxStore for SqliteStore {
     async fn events_purge(&self, before: Timestamp) -> StoreResult<u64> {
         let n = sqlx::query("DELETE FROM cti_events WHERE created_at < ?1")
             .bind(ts(&before))
-            .execute(&self.writer)
+            .execute(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -342,53 +393,75 @@ impl InboxStore for SqliteStore {
     }
 }
 
+/// The claim scan query (see [`select_claimable`]): `?1` now, `?2`/`?3` the cursor
+/// `(received_at, seq)`, `?4` the chunk size.
+static SCAN_SQL: LazyLock<String> = LazyLock::new(|| {
+    const UNFINISHED: &str = "('pending', 'failed', 'processing')";
+    let same_call = |t: &str| {
+        format!("{t}.app_id = w.app_id AND {t}.call_id = w.call_id AND {t}.status IN {UNFINISHED}")
+    };
+    let pick = |col: &str| {
+        format!(
+            "CASE WHEN w.call_id IS NULL THEN w.{col} ELSE (
+                SELECT e.{col} FROM webhook_events e INDEXED BY webhook_events_call_unfinished
+                 WHERE {same} AND {due_e}
+                 ORDER BY e.event_timestamp IS NULL, e.event_timestamp, e.received_at, e.seq
+                 LIMIT 1) END",
+            same = same_call("e"),
+            due_e = due("e"),
+        )
+    };
+    format!(
+        "SELECT w.seq, w.received_at,
+                CASE WHEN w.call_id IS NULL THEN 0 ELSE EXISTS (
+                    SELECT 1 FROM webhook_events b INDEXED BY webhook_events_call_unfinished
+                     WHERE {same_b} AND b.status = 'processing' AND b.locked_until >= ?1) END
+                  AS busy,
+                {pick_seq} AS pick_seq,
+                {pick_received} AS pick_received
+           FROM webhook_events w INDEXED BY webhook_events_unfinished
+          WHERE w.status IN {UNFINISHED}
+            AND (w.received_at > ?2 OR (w.received_at = ?2 AND w.seq > ?3))
+            AND {due_w}
+            AND (w.call_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM webhook_events p INDEXED BY webhook_events_call_unfinished
+                    WHERE {same_p}
+                      AND (p.received_at < w.received_at
+                           OR (p.received_at = w.received_at AND p.seq < w.seq))
+                      AND {due_p}))
+          ORDER BY w.received_at, w.seq
+          LIMIT ?4",
+        same_b = same_call("b"),
+        same_p = same_call("p"),
+        due_w = due("w"),
+        due_p = due("p"),
+        pick_seq = pick("seq"),
+        pick_received = pick("received_at"),
+    )
+});
+
 /// Selects the events a claim takes, in output order.
 ///
-/// Scans unfinished events in arrival order (partial index `webhook_events_unfinished`),
-/// skipping in SQL every event of a call that is not the call's first due arrival (so a call
-/// with a long backlog costs one row, not one per event). An event without a call id is
-/// taken as is. For the first due event of each call, the call
-/// is skipped when another of its events holds an unexpired lease; otherwise the call's
-/// earliest due event by `(event_timestamp NULLS LAST, received_at, seq)` is taken — which
-/// may have arrived later than the scanned row, so the scan continues until no unseen row
-/// can sort before the `limit`-th candidate.
+/// One query per chunk of the scan, all decisions in SQL:
+/// * scan unfinished events in arrival order (partial index `webhook_events_unfinished`),
+///   keeping only due events that are the first due arrival of their call (so a call with a
+///   long backlog costs one row) and events without a call id;
+/// * for such a call: `busy` when another of its events holds an unexpired lease; otherwise
+///   the call's event to hand out is its earliest due event by
+///   `(event_timestamp NULLS LAST, received_at, seq)` (partial index
+///   `webhook_events_call_unfinished`), which may have arrived later than the scanned row;
+/// * the output is the `limit` smallest picks by `(received_at, seq)`, so the scan continues
+///   until no unseen row can sort before the `limit`-th pick.
 async fn select_claimable(
     conn: &mut SqliteConnection,
     limit: usize,
     now_us: i64,
 ) -> StoreResult<Vec<Candidate>> {
-    let scan_sql = format!(
-        "SELECT seq, app_id, call_id, received_at
-           FROM webhook_events INDEXED BY webhook_events_unfinished
-          WHERE status IN ('pending', 'failed', 'processing')
-            AND (received_at > ?2 OR (received_at = ?2 AND seq > ?3))
-            AND {DUE}
-            AND (call_id IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM webhook_events p INDEXED BY webhook_events_call_unfinished
-                    WHERE p.app_id = webhook_events.app_id AND p.call_id = webhook_events.call_id
-                      AND p.status IN ('pending', 'failed', 'processing')
-                      AND (p.received_at < webhook_events.received_at
-                           OR (p.received_at = webhook_events.received_at
-                               AND p.seq < webhook_events.seq))
-                      AND {DUE_P}))
-          ORDER BY received_at, seq
-          LIMIT ?4"
-    );
-    let call_sql = format!(
-        "SELECT seq, received_at,
-                EXISTS (SELECT 1 FROM webhook_events b
-                         WHERE b.app_id = ?2 AND b.call_id = ?3 AND b.status = 'processing'
-                           AND b.locked_until >= ?1) AS busy
-           FROM webhook_events
-          WHERE app_id = ?2 AND call_id = ?3 AND {DUE}
-          ORDER BY event_timestamp IS NULL, event_timestamp, received_at, seq
-          LIMIT 1"
-    );
+    let scan_sql = SCAN_SQL.as_str();
     let mut picked: BTreeSet<Candidate> = BTreeSet::new();
-    let mut seen_calls: HashSet<(String, i64)> = HashSet::new();
     let mut cursor: Candidate = (i64::MIN, i64::MIN);
     'scan: loop {
-        let chunk = sqlx::query(&scan_sql)
+        let chunk = sqlx::query(scan_sql)
             .bind(now_us)
             .bind(cursor.0)
             .bind(cursor.1)
@@ -398,38 +471,20 @@ async fn select_claimable(
             .map_err(map_err)?;
         let exhausted = (chunk.len() as i64) < SCAN_CHUNK;
         for r in &chunk {
-            let seq: i64 = r.try_get("seq").map_err(map_err)?;
-            let received: i64 = r.try_get("received_at").map_err(map_err)?;
-            cursor = (received, seq);
+            cursor = (
+                r.try_get("received_at").map_err(map_err)?,
+                r.try_get("seq").map_err(map_err)?,
+            );
             if picked.len() >= limit && picked.last().is_some_and(|last| cursor > *last) {
                 break 'scan;
             }
-            let call: Option<i64> = r.try_get("call_id").map_err(map_err)?;
-            let candidate = match call {
-                None => Some(cursor),
-                Some(call) => {
-                    let app: String = r.try_get("app_id").map_err(map_err)?;
-                    if !seen_calls.insert((app.clone(), call)) {
-                        continue;
-                    }
-                    let first = sqlx::query(&call_sql)
-                        .bind(now_us)
-                        .bind(app)
-                        .bind(call)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(map_err)?;
-                    match first {
-                        Some(f) if f.try_get::<i64, _>("busy").map_err(map_err)? == 0 => Some((
-                            f.try_get("received_at").map_err(map_err)?,
-                            f.try_get("seq").map_err(map_err)?,
-                        )),
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(c) = candidate {
-                picked.insert(c);
+            if r.try_get::<bool, _>("busy").map_err(map_err)? {
+                continue;
+            }
+            let pick_received: Option<i64> = r.try_get("pick_received").map_err(map_err)?;
+            let pick_seq: Option<i64> = r.try_get("pick_seq").map_err(map_err)?;
+            if let (Some(received), Some(seq)) = (pick_received, pick_seq) {
+                picked.insert((received, seq));
                 if picked.len() > limit {
                     picked.pop_last();
                 }
@@ -442,24 +497,18 @@ async fn select_claimable(
     Ok(picked.into_iter().collect())
 }
 
-/// Verifies the event is held with this attempt; returns its app.
-async fn check_lease(conn: &mut SqliteConnection, id: Uuid, attempt: u32) -> StoreResult<AppId> {
-    let row = sqlx::query("SELECT app_id, status, attempts FROM webhook_events WHERE id = ?1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .ok_or(StoreError::LeaseLost)?;
-    let status: String = row.try_get("status").map_err(map_err)?;
-    let attempts: i64 = row.try_get("attempts").map_err(map_err)?;
-    if status != EventStatus::Processing.as_str() || attempts != i64::from(attempt) {
-        return Err(StoreError::LeaseLost);
-    }
-    let app: String = row.try_get("app_id").map_err(map_err)?;
-    Ok(AppId(common::uuid_from_text("app_id", &app)?))
-}
+/// `CALL_COLS` of the alias `c`, named as in `calls`.
+static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| {
+    CALL_COLS
+        .split(',')
+        .map(|c| format!("c.{0} AS {0}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
 
-/// Applies a normalised event inside the transaction (see the algorithm in `common`).
+/// Applies a normalised event inside the transaction (the algorithm documented in
+/// `crate::common`), with as few statements as possible: the call, the CRM user of the
+/// targeted Dialpad user and the app's last sequence number come in one query.
 async fn apply(
     conn: &mut SqliteConnection,
     app: AppId,
@@ -468,19 +517,37 @@ async fn apply(
 ) -> StoreResult<Vec<PublishedEvent>> {
     let app_s = app.0.to_string();
     let key = call_key(n);
-    let call = match key {
-        Some(k) => {
-            let sql =
-                format!("SELECT {CALL_COLS} FROM calls WHERE app_id = ?1 AND dialpad_call_id = ?2");
-            let row = sqlx::query(&sql)
-                .bind(&app_s)
-                .bind(k.as_i64())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            row.as_ref().map(rows::call).transpose()?
+    // `target_user(n, call)` = the event's user, else the stored call's: the COALESCE.
+    let event_user = target_user(n, None);
+    let sql = format!(
+        "SELECT a.last_event_seq AS app_seq, m.crm_user_id AS crm_user, {cols}
+           FROM apps a
+           LEFT JOIN calls c ON c.app_id = a.id AND c.dialpad_call_id = ?2
+           LEFT JOIN dialpad_user_mappings m
+                  ON m.app_id = a.id AND m.dialpad_user_id = COALESCE(?3, c.dialpad_user_id)
+          WHERE a.id = ?1",
+        cols = CALL_COLS_C.as_str()
+    );
+    let row = sqlx::query(&sql)
+        .bind(&app_s)
+        .bind(key.map(DialpadId::as_i64))
+        .bind(event_user.map(DialpadId::as_i64))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let (app_seq, crm_user, call) = match &row {
+        Some(r) => {
+            let app_seq: i64 = r.try_get("app_seq").map_err(map_err)?;
+            let crm_user: Option<String> = r.try_get("crm_user").map_err(map_err)?;
+            let call_id: Option<String> = r.try_get("id").map_err(map_err)?;
+            let call = if call_id.is_some() {
+                Some(rows::call(r)?)
+            } else {
+                None
+            };
+            (Some(app_seq), crm_user, call)
         }
-        None => None,
+        None => (None, None, None),
     };
     let voicemail = match (&n.voicemail, key) {
         (Some(_), Some(k)) => {
@@ -512,17 +579,6 @@ async fn apply(
         }
         None => None,
     };
-    let crm_user: Option<String> = match target_user(n, call.as_ref()) {
-        Some(user) => sqlx::query_scalar(
-            "SELECT crm_user_id FROM dialpad_user_mappings WHERE app_id = ?1 AND dialpad_user_id = ?2",
-        )
-        .bind(&app_s)
-        .bind(user.as_i64())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?,
-        None => None,
-    };
     let applied = apply_event(
         app,
         n,
@@ -546,43 +602,41 @@ async fn apply(
     if applied.outbox.is_empty() {
         return Ok(Vec::new());
     }
-    let len = applied.outbox.len() as i64;
-    let last: i64 = sqlx::query_scalar(
-        "UPDATE apps SET last_event_seq = last_event_seq + ?1 WHERE id = ?2 RETURNING last_event_seq",
-    )
-    .bind(len)
-    .bind(&app_s)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_err)?
-    .ok_or(StoreError::NotFound)?;
-    let now_us = ts(&now);
-    let mut published = Vec::with_capacity(applied.outbox.len());
-    for (i, m) in applied.outbox.into_iter().enumerate() {
-        let seq = last - len + 1 + i as i64;
-        sqlx::query(
-            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
+    // The single writer holds the database lock: nobody else moves the app's sequence.
+    let first = app_seq.ok_or(StoreError::NotFound)? + 1;
+    let last = first + applied.outbox.len() as i64 - 1;
+    sqlx::query("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
+        .bind(last)
         .bind(&app_s)
-        .bind(seq)
-        .bind(&m.event)
-        .bind(common::json_to_text(&m.payload))
-        .bind(m.target_crm_user.as_deref())
-        .bind(now_us)
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-        published.push(PublishedEvent {
+    let now_us = ts(&now);
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) ",
+    );
+    q.push_values(applied.outbox.iter().enumerate(), |mut row, (i, m)| {
+        row.push_bind(app_s.clone())
+            .push_bind(first + i as i64)
+            .push_bind(m.event.clone())
+            .push_bind(common::json_to_text(&m.payload))
+            .push_bind(m.target_crm_user.clone())
+            .push_bind(now_us);
+    });
+    q.build().execute(&mut *conn).await.map_err(map_err)?;
+    Ok(applied
+        .outbox
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| PublishedEvent {
             app_id: app,
-            seq: rows::count(seq),
+            seq: rows::count(first + i as i64),
             event: m.event,
             payload: m.payload,
             target_crm_user: m.target_crm_user,
             created_at: now,
-        });
-    }
-    Ok(published)
+        })
+        .collect())
 }
 
 async fn upsert_call(conn: &mut SqliteConnection, c: &Call) -> StoreResult<()> {

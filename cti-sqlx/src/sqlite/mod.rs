@@ -3,12 +3,15 @@
 //! * One file (`sqlite://cti.db`, created when missing) in WAL mode with
 //!   `synchronous=NORMAL` (durable against a process crash), `busy_timeout` 5 s and foreign
 //!   keys on.
-//! * ONE writer connection: every write transaction (`BEGIN IMMEDIATE`) goes through a pool
-//!   of size 1, so writes are serialised in-process and never fight over the database lock;
-//!   reads use a small separate pool (WAL readers never block the writer).
-//! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use one shared connection for
-//!   reads and writes, because every connection to an in-memory database would otherwise see
-//!   its own empty database.
+//! * ONE writer connection behind an async mutex: every write transaction
+//!   (`BEGIN IMMEDIATE`) runs on it, so writes are serialised in-process (FIFO) and never
+//!   fight over the database lock. A mutex rather than a pool of one: a pool checkout costs
+//!   two extra round trips to the connection thread (ping on acquire and on release) plus a
+//!   spawned task, more than the statements of a small transaction. Reads use a small pool
+//!   (WAL readers never block the writer).
+//! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use the writer connection for
+//!   reads too, because every connection to an in-memory database would otherwise see its
+//!   own empty database.
 //! * Schema: `migrations/sqlite`, embedded with `sqlx::migrate!`. Timestamps are `INTEGER`
 //!   microseconds since the epoch (UTC), ids `TEXT`, JSON `TEXT`.
 //!
@@ -25,6 +28,7 @@ mod inbox;
 mod records;
 mod rows;
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +37,13 @@ use async_trait::async_trait;
 use cti_core::model::{AppId, Timestamp};
 use cti_core::store::{Store, StoreError, StoreResult};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 
 pub use crate::common::MigrationError;
 use crate::common::map_err;
@@ -47,16 +54,19 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// Size of the read pool of a file database.
 const READ_POOL_SIZE: u32 = 4;
 
+/// Page cache per connection (`PRAGMA cache_size`, negative = KiB): 64 MiB.
+const CACHE_SIZE: &str = "-65536";
+
 /// How long a connection waits for the database lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A cti-core [`Store`] on SQLite. Cheap to clone (the pools are shared).
+/// A cti-core [`Store`] on SQLite. Cheap to clone (connections are shared).
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// The single writer connection (pool of one).
-    writer: SqlitePool,
-    /// Readers (the writer itself for in-memory databases).
-    reader: SqlitePool,
+    /// The single writer connection.
+    writer: Arc<Mutex<SqliteConnection>>,
+    /// Readers; `None` for in-memory databases (reads use the writer).
+    reader: Option<SqlitePool>,
     /// Directory of a [`temporary`](Self::open_temporary) database, removed with the last clone.
     _temp: Option<Arc<tempfile::TempDir>>,
 }
@@ -69,6 +79,41 @@ impl std::fmt::Debug for SqliteStore {
 
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// A connection for reading: from the read pool, or the writer (in-memory databases).
+pub(crate) enum ReadConn<'a> {
+    /// Pooled reader.
+    Pool(PoolConnection<Sqlite>),
+    /// The writer, locked.
+    Writer(MutexGuard<'a, SqliteConnection>),
+}
+
+impl Deref for ReadConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            ReadConn::Pool(c) => c,
+            ReadConn::Writer(c) => c,
+        }
+    }
+}
+
+impl DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            ReadConn::Pool(c) => c,
+            ReadConn::Writer(c) => c,
+        }
+    }
+}
+
+/// Starts a write transaction that takes the database write lock up front (`BEGIN
+/// IMMEDIATE`), so a read-then-write never fails half-way on a lock held by another process.
+pub(crate) async fn begin_immediate(
+    conn: &mut SqliteConnection,
+) -> StoreResult<Transaction<'_, Sqlite>> {
+    conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
 }
 
 impl SqliteStore {
@@ -84,37 +129,23 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        if is_in_memory(url) {
+            .foreign_keys(true)
+            .pragma("cache_size", CACHE_SIZE)
+            .pragma("temp_store", "MEMORY");
+        let writer = opts.connect().await.map_err(map_err)?;
+        let reader = if is_in_memory(url) {
+            None
+        } else {
             let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(opts)
+                .max_connections(READ_POOL_SIZE)
+                .test_before_acquire(false)
+                .connect_with(opts.pragma("query_only", "ON"))
                 .await
                 .map_err(map_err)?;
-            return Ok(Self {
-                writer: pool.clone(),
-                reader: pool,
-                _temp: None,
-            });
-        }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts.clone())
-            .await
-            .map_err(map_err)?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READ_POOL_SIZE)
-            .connect_with(opts.pragma("query_only", "ON"))
-            .await
-            .map_err(map_err)?;
+            Some(pool)
+        };
         Ok(Self {
-            writer,
+            writer: Arc::new(Mutex::new(writer)),
             reader,
             _temp: None,
         })
@@ -155,8 +186,9 @@ impl SqliteStore {
         {
             return Err(MigrationError::SchemaTooNew { applied, known });
         }
+        let mut w = self.writer.lock().await;
         MIGRATOR
-            .run(&self.writer)
+            .run(&mut *w)
             .await
             .map_err(|e| MigrationError::Store(map_err(e.into())))
     }
@@ -166,22 +198,29 @@ impl SqliteStore {
         let ledger: Option<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
         )
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?;
         if ledger.is_none() {
             return Ok(None);
         }
         sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-            .fetch_one(&self.writer)
+            .fetch_one(&mut *self.write_conn().await)
             .await
             .map_err(map_err)
     }
 
-    /// Closes both pools (waits for checked-out connections to return).
+    /// Closes the read pool (waits for checked-out readers) and tidies the writer, which
+    /// closes when the last clone of the store is dropped.
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        if let Some(r) = &self.reader {
+            r.close().await;
+        }
+        // The writer closes with the last clone; `PRAGMA optimize` is SQLite's advice for a
+        // connection about to close (refreshes planner statistics where useful).
+        let _ = sqlx::query("PRAGMA optimize")
+            .execute(&mut *self.write_conn().await)
+            .await;
     }
 
     /// Inserts an app that only has a legacy bcrypt key (`$2a$/$2b$/$2y$`), as imported from a
@@ -203,24 +242,23 @@ impl SqliteStore {
         .bind(name)
         .bind(bcrypt_hash)
         .bind(rows::ts(&now))
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?;
         Ok(())
     }
 
-    /// Starts a write transaction on the single writer connection (`BEGIN IMMEDIATE`: takes
-    /// the database write lock up front, so a read-then-write never fails half-way).
-    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)
+    /// The writer connection (waits for the current write to finish).
+    pub(crate) async fn write_conn(&self) -> MutexGuard<'_, SqliteConnection> {
+        self.writer.lock().await
     }
 
-    /// Starts a read transaction (one consistent snapshot for a page and its total).
-    async fn read_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.reader.begin().await.map_err(map_err)
+    /// A connection for reading (pooled reader, or the writer of an in-memory database).
+    pub(crate) async fn read_conn(&self) -> StoreResult<ReadConn<'_>> {
+        match &self.reader {
+            Some(pool) => Ok(ReadConn::Pool(pool.acquire().await.map_err(map_err)?)),
+            None => Ok(ReadConn::Writer(self.writer.lock().await)),
+        }
     }
 }
 
@@ -228,7 +266,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
-            .execute(&self.reader)
+            .execute(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         Ok(())

@@ -7,9 +7,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use super::SqliteStore;
 use super::rows::{self, CALL_COLS, MAPPING_COLS, MESSAGE_COLS, VOICEMAIL_COLS, int, map_fk, ts};
+use super::{SqliteStore, begin_immediate};
 use crate::common::map_err;
+use sqlx::Connection;
 
 impl SqliteStore {
     /// Runs `SELECT COUNT(*)` and the page query over the same filter, in one read snapshot.
@@ -22,7 +23,8 @@ impl SqliteStore {
         page: PageRequest,
         decode: fn(&SqliteRow) -> StoreResult<T>,
     ) -> StoreResult<Page<T>> {
-        let mut tx = self.read_tx().await?;
+        let mut r = self.read_conn().await?;
+        let mut tx = r.begin().await.map_err(map_err)?;
         let mut count = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM {table} WHERE "));
         filter(&mut count);
         let total: i64 = count
@@ -61,7 +63,7 @@ impl SqliteStore {
         let row = sqlx::query(sql)
             .bind(app.0.to_string())
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(decode).transpose()
@@ -131,7 +133,7 @@ impl RecordStore for SqliteStore {
         let row = sqlx::query(&sql)
             .bind(app.0.to_string())
             .bind(call_id.as_i64())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::call).transpose()
@@ -208,7 +210,7 @@ impl RecordStore for SqliteStore {
         let n = sqlx::query("DELETE FROM voicemails WHERE app_id = ?1 AND id = ?2")
             .bind(app.0.to_string())
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -252,7 +254,8 @@ impl MappingStore for SqliteStore {
         crm_user_id: &str,
         now: Timestamp,
     ) -> StoreResult<UserMapping> {
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let m = upsert_one(
             &mut tx,
             &app.0.to_string(),
@@ -272,7 +275,8 @@ impl MappingStore for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<usize> {
         let app_s = app.0.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM apps WHERE id = ?1")
             .bind(&app_s)
             .fetch_optional(&mut *tx)
@@ -300,7 +304,7 @@ impl MappingStore for SqliteStore {
         let row = sqlx::query(&sql)
             .bind(app.0.to_string())
             .bind(dialpad_user_id.as_i64())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.read_conn().await?)
             .await
             .map_err(map_err)?;
         row.as_ref().map(rows::mapping).transpose()
@@ -338,7 +342,7 @@ impl MappingStore for SqliteStore {
         let n = sqlx::query("DELETE FROM dialpad_user_mappings WHERE app_id = ?1 AND id = ?2")
             .bind(app.0.to_string())
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *self.write_conn().await)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -355,7 +359,7 @@ impl MappingStore for SqliteStore {
         )
         .bind(app.0.to_string())
         .bind(dialpad_user_id.as_i64())
-        .execute(&self.writer)
+        .execute(&mut *self.write_conn().await)
         .await
         .map_err(map_err)?
         .rows_affected();
