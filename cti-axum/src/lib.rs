@@ -31,7 +31,12 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self { webhook_per_min: 1000, api_per_min: 300, internal_per_min: 100, auth_per_15min: 10 }
+        Self {
+            webhook_per_min: 1000,
+            api_per_min: 300,
+            internal_per_min: 100,
+            auth_per_15min: 10,
+        }
     }
 }
 
@@ -123,11 +128,19 @@ pub fn router_with_state(state: AppState) -> axum::Router {
 }
 
 /// Client address used for rate limiting, honouring `trust_proxy` hops of `X-Forwarded-For`.
-pub fn client_ip(headers: &axum::http::HeaderMap, peer: Option<IpAddr>, trust_proxy: usize) -> Option<IpAddr> {
+pub fn client_ip(
+    headers: &axum::http::HeaderMap,
+    peer: Option<IpAddr>,
+    trust_proxy: usize,
+) -> Option<IpAddr> {
     if trust_proxy > 0
         && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
     {
-        let hops: Vec<&str> = xff.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let hops: Vec<&str> = xff
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if hops.len() >= trust_proxy
             && let Ok(ip) = hops[hops.len() - trust_proxy].parse()
         {

@@ -1,6 +1,7 @@
 //! Fan-out and ingest benchmarks.
 //!
 //! `cargo bench -p cti-core --bench pipeline`
+#![allow(missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,9 @@ fn hub_publish(c: &mut Criterion) {
         target_crm_user: None,
         created_at: chrono::Utc::now(),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("publish_to_1000_subscribers", |b| {
@@ -57,10 +60,17 @@ fn hub_publish(c: &mut Criterion) {
 }
 
 fn ingest_memory(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let cti = Cti::builder()
         .store(Arc::new(MemoryStore::new()))
-        .config(CtiConfig { webhook_secret: Some(Secret::new("W".into())), ..CtiConfig::default() })
+        .config(CtiConfig {
+            webhook_secret: Some(Secret::new("W".into())),
+            ..CtiConfig::default()
+        })
         .build();
     let (app, _running) = rt.block_on(async {
         let running = cti.start();
@@ -68,8 +78,10 @@ fn ingest_memory(c: &mut Criterion) {
         (app, running)
     });
     let path = app.id.to_string();
-    let base: serde_json::Value =
-        serde_json::from_str(include_str!("../../fixtures/dialpad/events/call_inbound_02_ringing.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(include_str!(
+        "../../fixtures/dialpad/events/call_inbound_02_ringing.json"
+    ))
+    .unwrap();
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(1));
     // 16 concurrent webhook senders, as under HTTP load; pre-signed tokens.
@@ -81,7 +93,9 @@ fn ingest_memory(c: &mut Criterion) {
                     (0..per)
                         .map(|i| {
                             let mut p = base.clone();
-                            p["call_id"] = serde_json::json!(1_000_000_000 + w * 10_000_000 + i + rand_offset());
+                            p["call_id"] = serde_json::json!(
+                                1_000_000_000 + w * 10_000_000 + i + rand_offset()
+                            );
                             sign_jwt_hs256(&p, b"W")
                         })
                         .collect()

@@ -48,7 +48,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("connections", &self.connection_count()).finish()
+        f.debug_struct("Hub")
+            .field("connections", &self.connection_count())
+            .finish()
     }
 }
 
@@ -94,7 +96,10 @@ impl Subscription {
                 if self.slot.lagged.load(Ordering::Acquire) {
                     Some(Delivery::Lagged)
                 } else {
-                    Some(Delivery::Closed { code: 1001, reason: "hub closed".into() })
+                    Some(Delivery::Closed {
+                        code: 1001,
+                        reason: "hub closed".into(),
+                    })
                 }
             }
         }
@@ -130,9 +135,20 @@ impl Hub {
             tx,
             lagged: AtomicBool::new(false),
         });
-        self.inner.apps.write().entry(app).or_default().push(slot.clone());
+        self.inner
+            .apps
+            .write()
+            .entry(app)
+            .or_default()
+            .push(slot.clone());
         self.inner.total.fetch_add(1, Ordering::Relaxed);
-        Subscription { app, slot, rx, hub: Arc::downgrade(&self.inner), done: false }
+        Subscription {
+            app,
+            slot,
+            rx,
+            hub: Arc::downgrade(&self.inner),
+            done: false,
+        }
     }
 
     /// Delivers an event to every matching subscriber of its app without waiting; returns the
@@ -172,11 +188,16 @@ impl Hub {
     /// rotation/revocation or deactivation, 1001 on shutdown).
     pub fn close_app(&self, app: AppId, code: u16, reason: &str) {
         let slots = self.inner.apps.write().remove(&app).unwrap_or_default();
-        self.inner.total.fetch_sub(slots.len() as u64, Ordering::Relaxed);
+        self.inner
+            .total
+            .fetch_sub(slots.len() as u64, Ordering::Relaxed);
         for s in slots {
             // Delivered after already-queued events; if the queue is full the sender is dropped
             // and the subscriber sees the end of the stream.
-            let _ = s.tx.try_send(Item::Close { code, reason: reason.to_string() });
+            let _ = s.tx.try_send(Item::Close {
+                code,
+                reason: reason.to_string(),
+            });
         }
     }
 
@@ -204,7 +225,9 @@ impl Hub {
             let before = slots.len();
             slots.retain(|s| !ids.contains(&s.id));
             let removed = before - slots.len();
-            self.inner.total.fetch_sub(removed as u64, Ordering::Relaxed);
+            self.inner
+                .total
+                .fetch_sub(removed as u64, Ordering::Relaxed);
             if slots.is_empty() {
                 apps.remove(&app);
             }
@@ -263,7 +286,9 @@ impl Default for LocalBus {
 impl LocalBus {
     /// A bus with room for 4096 pending signals per receiver (a lagging receiver resyncs).
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(4096).0 }
+        Self {
+            tx: broadcast::channel(4096).0,
+        }
     }
 }
 
@@ -315,7 +340,13 @@ mod tests {
         assert_eq!(seqs(crm1.recv().await), 2);
         assert_eq!(seqs(crm2.recv().await), 2);
         hub.close_app(b, 4001, "key revoked");
-        assert_eq!(all_b.recv().await, Some(Delivery::Closed { code: 4001, reason: "key revoked".into() }));
+        assert_eq!(
+            all_b.recv().await,
+            Some(Delivery::Closed {
+                code: 4001,
+                reason: "key revoked".into()
+            })
+        );
         assert_eq!(hub.connection_count(), 3);
     }
 

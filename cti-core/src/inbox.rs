@@ -100,7 +100,9 @@ impl ProcessorConfig {
     /// Delay before retry number `attempts` (1-based): base × 2^(attempts−1), capped.
     pub fn backoff(&self, attempts: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-        self.backoff_base.saturating_mul(factor).min(self.backoff_cap)
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_cap)
     }
 }
 
@@ -279,7 +281,9 @@ impl CtiError {
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
     /// Events after `since` were already purged: the client must resync through the REST API.
-    #[error("events after seq {since} are no longer retained (oldest kept: {oldest}); resync through the REST API")]
+    #[error(
+        "events after seq {since} are no longer retained (oldest kept: {oldest}); resync through the REST API"
+    )]
     TooOld {
         /// Requested position.
         since: u64,
@@ -299,11 +303,16 @@ struct TtlMap<K, V> {
 
 impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
     fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::new(HashMap::new()) }
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
     }
     fn get(&self, k: &K) -> Option<V> {
         let m = self.map.lock();
-        m.get(k).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
+        m.get(k)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v.clone())
     }
     fn insert(&self, k: K, v: V) {
         let mut m = self.map.lock();
@@ -343,7 +352,9 @@ pub struct Cti {
 
 impl std::fmt::Debug for Cti {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cti").field("store", &self.inner.store.backend()).finish()
+        f.debug_struct("Cti")
+            .field("store", &self.inner.store.backend())
+            .finish()
     }
 }
 
@@ -381,7 +392,12 @@ impl CtiBuilder {
     pub fn build(self) -> Cti {
         let config = self.config;
         let (tx, rx) = mpsc::channel(config.ingest_batch.max(1) * 64);
-        let hasher = KeyHasher::new(config.api_key_pepper.as_ref().map(|p| p.expose().as_slice()));
+        let hasher = KeyHasher::new(
+            config
+                .api_key_pepper
+                .as_ref()
+                .map(|p| p.expose().as_slice()),
+        );
         Cti {
             inner: Arc::new(Inner {
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
@@ -435,11 +451,28 @@ impl EventMeta {
         let call_id = ["call_id"]
             .iter()
             .filter_map(|k| p.get(*k))
-            .chain(["call", "recording", "voicemail"].iter().filter_map(|k| p.get(*k)).flat_map(|o| [o.get("call_id"), o.get("id")]).flatten())
+            .chain(
+                ["call", "recording", "voicemail"]
+                    .iter()
+                    .filter_map(|k| p.get(*k))
+                    .flat_map(|o| [o.get("call_id"), o.get("id")])
+                    .flatten(),
+            )
             .find_map(DialpadId::from_json);
-        let event_timestamp = p.get("event_timestamp").and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
-        let event_id = p.get("event_id").and_then(s).or_else(|| p.get("uuid").and_then(s));
-        Self { event_type, call_id, state, event_timestamp, event_id }
+        let event_timestamp = p
+            .get("event_timestamp")
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+        let event_id = p
+            .get("event_id")
+            .and_then(s)
+            .or_else(|| p.get("uuid").and_then(s));
+        Self {
+            event_type,
+            call_id,
+            state,
+            event_timestamp,
+            event_id,
+        }
     }
 }
 
@@ -452,8 +485,14 @@ fn org_id(p: &Value) -> Option<DialpadId> {
 }
 
 fn is_json_media_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl Cti {
@@ -491,8 +530,13 @@ impl Cti {
         // 1. Path tenant (per-app URL) decides which secrets apply.
         let path_app = match req.path_app {
             Some(raw) => {
-                let id: AppId = raw.parse().map_err(|_| IngestError::UnknownApp("path app id is not a UUID"))?;
-                let app = self.app_cached(id).await.map_err(|e| ingest_store_err(&e))?;
+                let id: AppId = raw
+                    .parse()
+                    .map_err(|_| IngestError::UnknownApp("path app id is not a UUID"))?;
+                let app = self
+                    .app_cached(id)
+                    .await
+                    .map_err(|e| ingest_store_err(&e))?;
                 match app {
                     Some(a) if a.is_active => Some(a),
                     _ => return Err(IngestError::UnknownApp("path app unknown or inactive")),
@@ -501,7 +545,10 @@ impl Cti {
             None => None,
         };
         let secrets = match &path_app {
-            Some(a) => self.webhook_secrets(a.id).await.map_err(|e| ingest_store_err(&e))?,
+            Some(a) => self
+                .webhook_secrets(a.id)
+                .await
+                .map_err(|e| ingest_store_err(&e))?,
             None => Arc::new(inner.config.webhook_secret.iter().cloned().collect()),
         };
         let secret_bytes: Vec<&[u8]> = secrets.iter().map(|s| s.expose().as_bytes()).collect();
@@ -519,7 +566,9 @@ impl Cti {
             } else {
                 serde_json::from_slice(req.body).map_err(|_| IngestError::MalformedJson)?
             };
-            inner.verifier.verify_hmac(req.body, req.signature, &secret_bytes)?;
+            inner
+                .verifier
+                .verify_hmac(req.body, req.signature, &secret_bytes)?;
             if !payload.is_object() {
                 return Err(IngestError::NotAnObject);
             }
@@ -531,7 +580,11 @@ impl Cti {
             Some(a) => a.id,
             None => {
                 let by_key = match req.app_key {
-                    Some(k) => self.authenticate(k).await.map_err(|e| ingest_store_err(&e))?.map(|a| a.id),
+                    Some(k) => self
+                        .authenticate(k)
+                        .await
+                        .map_err(|e| ingest_store_err(&e))?
+                        .map(|a| a.id),
                     None => None,
                 };
                 match by_key {
@@ -542,8 +595,14 @@ impl Cti {
                             .find_app_by_org(org)
                             .await
                             .map_err(|e| ingest_store_err(&e))?
-                            .ok_or(IngestError::UnknownApp("org id not linked to an active app"))?,
-                        None => return Err(IngestError::UnknownApp("no path app, valid key or org id")),
+                            .ok_or(IngestError::UnknownApp(
+                                "org id not linked to an active app",
+                            ))?,
+                        None => {
+                            return Err(IngestError::UnknownApp(
+                                "no path app, valid key or org id",
+                            ));
+                        }
                     },
                 }
             }
@@ -572,7 +631,9 @@ impl Cti {
             .send((ev, tx))
             .await
             .map_err(|_| IngestError::Unavailable("ingest writer stopped".into()))?;
-        let outcome = rx.await.map_err(|_| IngestError::Unavailable("ingest writer stopped".into()))??;
+        let outcome = rx
+            .await
+            .map_err(|_| IngestError::Unavailable("ingest writer stopped".into()))??;
         Ok(match outcome {
             InsertOutcome::Inserted(event_id) => {
                 inner.wake.notify_one();
@@ -605,7 +666,9 @@ impl Cti {
             for h in hooks.iter().filter_map(|h| h.secret_enc.as_deref()) {
                 match cipher.decrypt(h) {
                     Ok(s) => out.push(s),
-                    Err(e) => tracing::warn!(%app, error = %e, "cannot decrypt a stored webhook secret"),
+                    Err(e) => {
+                        tracing::warn!(%app, error = %e, "cannot decrypt a stored webhook secret")
+                    }
                 }
             }
         }
@@ -649,10 +712,18 @@ impl Cti {
         }
         for legacy in self.inner.store.legacy_keys().await? {
             let (k, h) = (key.to_string(), legacy.bcrypt_hash.clone());
-            let ok = tokio::task::spawn_blocking(move || keys::verify_legacy_bcrypt(&k, &h)).await.unwrap_or(false);
+            let ok = tokio::task::spawn_blocking(move || keys::verify_legacy_bcrypt(&k, &h))
+                .await
+                .unwrap_or(false);
             if ok {
-                let new = NewKey { lookup: self.inner.hasher.lookup(key), hint: keys::hint(key) };
-                self.inner.store.backfill_key(legacy.app.id, &legacy.bcrypt_hash, new).await?;
+                let new = NewKey {
+                    lookup: self.inner.hasher.lookup(key),
+                    hint: keys::hint(key),
+                };
+                self.inner
+                    .store
+                    .backfill_key(legacy.app.id, &legacy.bcrypt_hash, new)
+                    .await?;
                 return Ok(Some(legacy.app));
             }
         }
@@ -666,17 +737,32 @@ impl Cti {
 
     fn new_key(&self) -> (NewKey, Secret<String>) {
         let plain = keys::generate_key();
-        let nk = NewKey { lookup: self.inner.hasher.lookup(plain.expose()), hint: keys::hint(plain.expose()) };
+        let nk = NewKey {
+            lookup: self.inner.hasher.lookup(plain.expose()),
+            hint: keys::hint(plain.expose()),
+        };
         (nk, plain)
     }
 
     /// Creates an app with its first key; returns the app and the plaintext key (shown once).
-    pub async fn create_app(&self, name: &str, ctx: AuditContext) -> Result<(App, Secret<String>), CtiError> {
+    pub async fn create_app(
+        &self,
+        name: &str,
+        ctx: AuditContext,
+    ) -> Result<(App, Secret<String>), CtiError> {
         let (nk, plain) = self.new_key();
         let app = self
             .inner
             .store
-            .create_app(NewApp { id: AppId::new(), name: name.trim().to_string(), key: nk, now: self.now() }, ctx)
+            .create_app(
+                NewApp {
+                    id: AppId::new(),
+                    name: name.trim().to_string(),
+                    key: nk,
+                    now: self.now(),
+                },
+                ctx,
+            )
             .await
             .map_err(CtiError::from_store)?;
         Ok((app, plain))
@@ -685,14 +771,29 @@ impl Cti {
     /// Issues a new key (rotation when the app has one). With `grace`, the previous key keeps
     /// working for that long. Live subscriptions authenticated with the old key are closed
     /// with code 4001 on every instance.
-    pub async fn issue_key(&self, app: AppId, grace: Option<Duration>, ctx: AuditContext) -> Result<(KeyChangeOutcome, Secret<String>), CtiError> {
+    pub async fn issue_key(
+        &self,
+        app: AppId,
+        grace: Option<Duration>,
+        ctx: AuditContext,
+    ) -> Result<(KeyChangeOutcome, Secret<String>), CtiError> {
         let (nk, plain) = self.new_key();
         let now = self.now();
-        let grace_until = grace.and_then(|g| chrono::Duration::from_std(g).ok()).map(|g| now + g);
+        let grace_until = grace
+            .and_then(|g| chrono::Duration::from_std(g).ok())
+            .map(|g| now + g);
         let out = self
             .inner
             .store
-            .change_key(app, KeyChange::Issue { key: nk, grace_until }, ctx, now)
+            .change_key(
+                app,
+                KeyChange::Issue {
+                    key: nk,
+                    grace_until,
+                },
+                ctx,
+                now,
+            )
             .await
             .map_err(CtiError::from_store)?;
         if grace.is_none() {
@@ -704,7 +805,11 @@ impl Cti {
     }
 
     /// Revokes the app's key; its live subscriptions are closed with code 4001.
-    pub async fn revoke_key(&self, app: AppId, ctx: AuditContext) -> Result<KeyChangeOutcome, CtiError> {
+    pub async fn revoke_key(
+        &self,
+        app: AppId,
+        ctx: AuditContext,
+    ) -> Result<KeyChangeOutcome, CtiError> {
         let out = self
             .inner
             .store
@@ -742,21 +847,34 @@ impl Cti {
 
     async fn app_changed(&self, app: AppId) {
         self.invalidate(app);
-        self.inner.hub.close_app(app, 4001, "api key rotated or revoked, or app deactivated");
-        if let Err(e) = self.inner.bus.notify(BusSignal::AppChanged { app_id: app }).await {
+        self.inner
+            .hub
+            .close_app(app, 4001, "api key rotated or revoked, or app deactivated");
+        if let Err(e) = self
+            .inner
+            .bus
+            .notify(BusSignal::AppChanged { app_id: app })
+            .await
+        {
             tracing::warn!(%app, error = %e, "could not notify other instances of an app change");
         }
     }
 
     /// Subscribes to an app's live events (optionally one CRM user's channel).
     pub fn subscribe(&self, app: AppId, crm_user: Option<String>) -> Subscription {
-        self.inner.hub.subscribe(app, crm_user, self.inner.config.subscriber_queue)
+        self.inner
+            .hub
+            .subscribe(app, crm_user, self.inner.config.subscriber_queue)
     }
 
     /// Events of `app` after `since`, for a reconnecting client, in order. Subscribe first,
     /// then call this, then skip live events with `seq <=` the last returned one: no gap, no
     /// duplicate.
-    pub async fn events_since(&self, app: AppId, since: u64) -> Result<Vec<PublishedEvent>, ResumeError> {
+    pub async fn events_since(
+        &self,
+        app: AppId,
+        since: u64,
+    ) -> Result<Vec<PublishedEvent>, ResumeError> {
         let store = &self.inner.store;
         let mut out = Vec::new();
         let mut cursor = since;
@@ -766,7 +884,10 @@ impl Cti {
                 && let Some(first) = batch.first()
                 && first.seq > cursor + 1
             {
-                return Err(ResumeError::TooOld { since, oldest: first.seq });
+                return Err(ResumeError::TooOld {
+                    since,
+                    oldest: first.seq,
+                });
             }
             let done = batch.len() < 1000;
             if let Some(last) = batch.last() {
@@ -788,7 +909,10 @@ impl Cti {
     pub async fn process_once(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let cfg = &inner.config.processor;
-        let claimed = inner.store.inbox_claim(cfg.batch_size, cfg.lease, inner.clock.now()).await?;
+        let claimed = inner
+            .store
+            .inbox_claim(cfg.batch_size, cfg.lease, inner.clock.now())
+            .await?;
         let n = claimed.len();
         for e in claimed {
             self.process_event(e).await;
@@ -801,14 +925,23 @@ impl Cti {
         let cfg = &inner.config.processor;
         let n = normalize(&e.payload, e.received_at);
         let result = match &n.event {
-            crate::normalize::CtiEvent::Ignored { state } => EventResult::Ignored(format!("ignored: {state}")),
+            crate::normalize::CtiEvent::Ignored { state } => {
+                EventResult::Ignored(format!("ignored: {state}"))
+            }
             _ => EventResult::Apply(Box::new(n)),
         };
         let now = inner.clock.now();
-        match inner.store.inbox_complete(e.id, e.attempts, result, now).await {
+        match inner
+            .store
+            .inbox_complete(e.id, e.attempts, result, now)
+            .await
+        {
             Ok(published) => {
                 if let Some(last) = published.last() {
-                    let sig = BusSignal::Events { app_id: e.app_id, seq: last.seq };
+                    let sig = BusSignal::Events {
+                        app_id: e.app_id,
+                        seq: last.seq,
+                    };
                     if let Err(err) = inner.bus.notify(sig).await {
                         tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
                     }
@@ -819,10 +952,16 @@ impl Cti {
                 tracing::warn!(event_id = %e.id, "lease lost; another worker owns the event");
             }
             Err(err) => {
-                let retry_at = (e.attempts < cfg.max_attempts)
-                    .then(|| now + chrono::Duration::from_std(cfg.backoff(e.attempts)).unwrap_or(chrono::Duration::seconds(1)));
+                let retry_at = (e.attempts < cfg.max_attempts).then(|| {
+                    now + chrono::Duration::from_std(cfg.backoff(e.attempts))
+                        .unwrap_or(chrono::Duration::seconds(1))
+                });
                 tracing::warn!(event_id = %e.id, attempts = e.attempts, dead = retry_at.is_none(), error = %err, "event processing failed");
-                if let Err(err2) = inner.store.inbox_fail(e.id, e.attempts, &err.to_string(), retry_at, now).await {
+                if let Err(err2) = inner
+                    .store
+                    .inbox_fail(e.id, e.attempts, &err.to_string(), retry_at, now)
+                    .await
+                {
                     tracing::warn!(event_id = %e.id, error = %err2, "could not record the failure; the lease will expire");
                 }
             }
@@ -846,7 +985,11 @@ impl Cti {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for _ in 0..self.inner.config.processor.workers.max(1) {
-            workers.push(tokio::spawn(worker(self.clone(), stop.clone(), ready_rx.clone())));
+            workers.push(tokio::spawn(worker(
+                self.clone(),
+                stop.clone(),
+                ready_rx.clone(),
+            )));
         }
         tasks.push(tokio::spawn(crate::relay::run(
             self.inner.store.clone(),
@@ -858,7 +1001,13 @@ impl Cti {
             ready_tx,
         )));
         tasks.push(tokio::spawn(retention(self.clone(), stop_notify.clone())));
-        Running { cti: self.clone(), stop, stop_notify, workers, tasks }
+        Running {
+            cti: self.clone(),
+            stop,
+            stop_notify,
+            workers,
+            tasks,
+        }
     }
 }
 
@@ -870,14 +1019,20 @@ pub(crate) struct RelayHooks {
 impl RelayHooks {
     pub(crate) fn app_changed(&self, app: AppId) {
         self.cti.invalidate(app);
-        self.cti.inner.hub.close_app(app, 4001, "api key rotated or revoked, or app deactivated");
+        self.cti
+            .inner
+            .hub
+            .close_app(app, 4001, "api key rotated or revoked, or app deactivated");
     }
     pub(crate) fn inbox(&self) {
         self.cti.inner.wake.notify_one();
     }
 }
 
-async fn insert_writer(cti: Cti, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>) {
+async fn insert_writer(
+    cti: Cti,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>,
+) {
     let max = cti.inner.config.ingest_batch.max(1);
     loop {
         let mut batch = Vec::new();
@@ -933,8 +1088,10 @@ async fn retention(cti: Cti, stop: Arc<Notify>) {
     loop {
         let now = cti.now();
         let cfg = &cti.inner.config;
-        let inbox_before = now - chrono::Duration::from_std(cfg.inbox_retention).unwrap_or(chrono::Duration::days(30));
-        let events_before = now - chrono::Duration::from_std(cfg.realtime_window).unwrap_or(chrono::Duration::days(1));
+        let inbox_before = now
+            - chrono::Duration::from_std(cfg.inbox_retention).unwrap_or(chrono::Duration::days(30));
+        let events_before = now
+            - chrono::Duration::from_std(cfg.realtime_window).unwrap_or(chrono::Duration::days(1));
         match cti.inner.store.inbox_purge(inbox_before).await {
             Ok(n) if n > 0 => tracing::info!(purged = n, "inbox retention"),
             Ok(_) => {}

@@ -669,7 +669,10 @@ mod tests {
         assert_eq!(DialpadId::parse("0"), None);
         assert_eq!(DialpadId::parse("12a"), None);
         assert_eq!(DialpadId::parse("-5"), None);
-        assert_eq!(DialpadId::parse("9223372036854775807"), Some(DialpadId(i64::MAX as u64)));
+        assert_eq!(
+            DialpadId::parse("9223372036854775807"),
+            Some(DialpadId(i64::MAX as u64))
+        );
         assert_eq!(DialpadId::parse("9223372036854775808"), None);
     }
 
@@ -698,7 +701,10 @@ mod tests {
 
     #[test]
     fn page_has_more() {
-        let p = Page::<u8> { items: vec![], total: 3 };
+        let p = Page::<u8> {
+            items: vec![],
+            total: 3,
+        };
         assert!(p.has_more(PageRequest::new(2, 0)));
         assert!(!p.has_more(PageRequest::new(2, 2)));
     }

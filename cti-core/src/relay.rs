@@ -55,13 +55,22 @@ impl Cursors {
 }
 
 /// Runs until `stop` is notified.
-pub(crate) async fn run(store: Arc<dyn Store>, bus: Arc<dyn EventBus>, hub: Hub, poll: Duration, hooks: RelayHooks,
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn EventBus>,
+    hub: Hub,
+    poll: Duration,
+    hooks: RelayHooks,
     stop: Arc<Notify>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
     let mut rx = bus.subscribe();
     // Start from the current heads: only events committed from now on are live.
-    let mut cursors = Cursors { store: store.clone(), hub, at: HashMap::new() };
+    let mut cursors = Cursors {
+        store: store.clone(),
+        hub,
+        at: HashMap::new(),
+    };
     loop {
         match store.event_heads().await {
             Ok(heads) => {

@@ -13,7 +13,10 @@ use cti_core::{Cti, CtiConfig};
 fn cti() -> Cti {
     Cti::builder()
         .store(Arc::new(MemoryStore::new()))
-        .config(CtiConfig { webhook_secret: Some(Secret::new("W".into())), ..CtiConfig::default() })
+        .config(CtiConfig {
+            webhook_secret: Some(Secret::new("W".into())),
+            ..CtiConfig::default()
+        })
         .build()
 }
 
@@ -21,9 +24,13 @@ fn cti() -> Cti {
 async fn json_hook_reaches_subscriber_once() {
     let cti = cti();
     let running = cti.start();
-    let (app, key) = cti.create_app("Tenant A", Default::default()).await.unwrap();
+    let (app, key) = cti
+        .create_app("Tenant A", Default::default())
+        .await
+        .unwrap();
     let mut live = cti.subscribe(app.id, None);
-    let body = br#"{"event_type":"call.ring","call_id":1001,"direction":"inbound","user_id":12345}"#;
+    let body =
+        br#"{"event_type":"call.ring","call_id":1001,"direction":"inbound","user_id":12345}"#;
     let sig = sign_hmac_b64(body, b"W");
     let req = WebhookRequest {
         body,
@@ -32,9 +39,17 @@ async fn json_hook_reaches_subscriber_once() {
         app_key: Some(key.expose()),
         ..Default::default()
     };
-    assert!(matches!(cti.ingest(req).await.unwrap(), IngestOutcome::Accepted { .. }));
-    assert!(matches!(cti.ingest(req).await.unwrap(), IngestOutcome::Duplicate { .. }));
-    let got = tokio::time::timeout(Duration::from_secs(5), live.recv()).await.unwrap();
+    assert!(matches!(
+        cti.ingest(req).await.unwrap(),
+        IngestOutcome::Accepted { .. }
+    ));
+    assert!(matches!(
+        cti.ingest(req).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+    let got = tokio::time::timeout(Duration::from_secs(5), live.recv())
+        .await
+        .unwrap();
     match got {
         Some(Delivery::Event(e)) => {
             assert_eq!(e.event, "call.ring");
@@ -42,8 +57,16 @@ async fn json_hook_reaches_subscriber_once() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(tokio::time::timeout(Duration::from_millis(300), live.recv()).await.is_err(), "no second message");
-    let bad = WebhookRequest { signature: Some("AAAA"), ..req };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.recv())
+            .await
+            .is_err(),
+        "no second message"
+    );
+    let bad = WebhookRequest {
+        signature: Some("AAAA"),
+        ..req
+    };
     assert!(matches!(cti.ingest(bad).await, Err(IngestError::Verify(_))));
     running.shutdown(Duration::from_secs(2)).await;
 }

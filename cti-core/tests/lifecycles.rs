@@ -49,9 +49,17 @@ async fn settle(cti: &Cti) {
 
 fn expected_events(name: &str) -> Vec<&'static str> {
     match name {
-        "inbound_answered" | "outbound_answered" | "transfer_leg2" => vec!["call.ring", "call.started", "call.ended"],
+        "inbound_answered" | "outbound_answered" | "transfer_leg2" => {
+            vec!["call.ring", "call.started", "call.ended"]
+        }
         "inbound_answered_post_call_artifacts" => {
-            vec!["call.ring", "call.started", "call.ended", "call.recording.completed", "call.transcription"]
+            vec![
+                "call.ring",
+                "call.started",
+                "call.ended",
+                "call.recording.completed",
+                "call.transcription",
+            ]
         }
         "inbound_missed_unicode" => vec!["call.ring", "call.missed"],
         "inbound_voicemail" => vec!["call.ring", "call.voicemail", "voicemail.received"],
@@ -79,11 +87,20 @@ async fn fixture_lifecycles_through_the_facade() {
         };
         let cti = Cti::builder()
             .store(Arc::new(MemoryStore::new()))
-            .config(CtiConfig { webhook_secret: Some(Secret::new("W".into())), ..CtiConfig::default() })
+            .config(CtiConfig {
+                webhook_secret: Some(Secret::new("W".into())),
+                ..CtiConfig::default()
+            })
             .build();
         let running = cti.start();
-        let (a, _) = cti.create_app("Tenant A", Default::default()).await.unwrap();
-        let (b, _) = cti.create_app("Tenant B", Default::default()).await.unwrap();
+        let (a, _) = cti
+            .create_app("Tenant A", Default::default())
+            .await
+            .unwrap();
+        let (b, _) = cti
+            .create_app("Tenant B", Default::default())
+            .await
+            .unwrap();
         let mut sub_a = cti.subscribe(a.id, None);
         let mut sub_b = cti.subscribe(b.id, None);
         let path = a.id.to_string();
@@ -97,21 +114,43 @@ async fn fixture_lifecycles_through_the_facade() {
                 ..Default::default()
             };
             let first = cti.ingest(req).await.unwrap();
-            assert!(matches!(first, IngestOutcome::Accepted { .. }), "{name}/{file}");
+            assert!(
+                matches!(first, IngestOutcome::Accepted { .. }),
+                "{name}/{file}"
+            );
             // Dialpad retries the identical token: deduplicated.
             let retry = cti.ingest(req).await.unwrap();
-            assert!(matches!(retry, IngestOutcome::Duplicate { .. }), "{name}/{file} retry");
+            assert!(
+                matches!(retry, IngestOutcome::Duplicate { .. }),
+                "{name}/{file} retry"
+            );
             // Process one event at a time so the messages follow the lifecycle order.
             settle(&cti).await;
         }
         let got = drain(&mut sub_a, Duration::from_millis(300)).await;
         assert_eq!(got, expected_events(name), "{name}: realtime messages");
-        assert!(drain(&mut sub_b, Duration::from_millis(50)).await.is_empty(), "{name}: tenant B saw events");
+        assert!(
+            drain(&mut sub_b, Duration::from_millis(50))
+                .await
+                .is_empty(),
+            "{name}: tenant B saw events"
+        );
 
-        let call = cti.store().get_call_by_dialpad_id(a.id, DialpadId(call_id)).await.unwrap().unwrap();
+        let call = cti
+            .store()
+            .get_call_by_dialpad_id(a.id, DialpadId(call_id))
+            .await
+            .unwrap()
+            .unwrap();
         let want = CallStatus::parse(seq["expected_status"].as_str().unwrap()).unwrap();
         assert_eq!(call.status, want, "{name}: final status");
-        assert!(cti.store().get_call_by_dialpad_id(b.id, DialpadId(call_id)).await.unwrap().is_none());
+        assert!(
+            cti.store()
+                .get_call_by_dialpad_id(b.id, DialpadId(call_id))
+                .await
+                .unwrap()
+                .is_none()
+        );
         match name {
             "inbound_answered" => {
                 assert_eq!(call.from_number.as_deref(), Some("+15555550123"));
@@ -124,15 +163,23 @@ async fn fixture_lifecycles_through_the_facade() {
                 assert!(call.transcript.is_some(), "transcript stored");
             }
             "inbound_voicemail" => {
-                let vms = cti.store().list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0)).await.unwrap();
+                let vms = cti
+                    .store()
+                    .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
+                    .await
+                    .unwrap();
                 assert_eq!(vms.total, 1);
                 assert_eq!(vms.items[0].dialpad_call_id, Some(DialpadId(call_id)));
                 assert!(vms.items[0].recording_url.is_some());
                 assert!(call.is_voicemail);
             }
             "hold_and_resume" => assert!(!call.held),
-            "big_19_digit_id" => assert_eq!(call.dialpad_call_id.to_string(), "4611686018427387913"),
-            "out_of_order_late_connected" => assert!(call.answered_at.is_some(), "late connected data merged"),
+            "big_19_digit_id" => {
+                assert_eq!(call.dialpad_call_id.to_string(), "4611686018427387913")
+            }
+            "out_of_order_late_connected" => {
+                assert!(call.answered_at.is_some(), "late connected data merged")
+            }
             _ => {}
         }
         running.shutdown(Duration::from_secs(2)).await;

@@ -82,13 +82,21 @@ impl Bench {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..writers {
-            let (store, template, app, stop) = (self.store.clone(), self.template.clone(), self.app, stop.clone());
+            let (store, template, app, stop) = (
+                self.store.clone(),
+                self.template.clone(),
+                self.app,
+                stop.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let (mut n, mut calls, mut busy) = (0u64, 0u32, Duration::ZERO);
                 while !stop.load(Ordering::Relaxed) {
                     let evs = events(&template, app, batch);
                     let t = Instant::now();
-                    let out = store.inbox_insert(evs).await.unwrap_or_else(|e| fail("insert", e));
+                    let out = store
+                        .inbox_insert(evs)
+                        .await
+                        .unwrap_or_else(|e| fail("insert", e));
                     busy += t.elapsed();
                     calls += 1;
                     n += out.len() as u64;
@@ -111,7 +119,10 @@ impl Bench {
     /// Fills the inbox, then `workers` claim+complete until it is drained.
     async fn process(&self, workers: usize, events_n: usize) -> (u64, Duration) {
         for chunk in events(&self.template, self.app, events_n).chunks(1000) {
-            self.store.inbox_insert(chunk.to_vec()).await.unwrap_or_else(|e| fail("fill", e));
+            self.store
+                .inbox_insert(chunk.to_vec())
+                .await
+                .unwrap_or_else(|e| fail("fill", e));
         }
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -121,8 +132,10 @@ impl Bench {
                 let mut done = 0u64;
                 loop {
                     let now = Utc::now();
-                    let claimed =
-                        store.inbox_claim(64, Duration::from_secs(60), now).await.unwrap_or_else(|e| fail("claim", e));
+                    let claimed = store
+                        .inbox_claim(64, Duration::from_secs(60), now)
+                        .await
+                        .unwrap_or_else(|e| fail("claim", e));
                     if claimed.is_empty() {
                         return done;
                     }
@@ -133,7 +146,10 @@ impl Bench {
                         } else {
                             EventResult::Apply(Box::new(n))
                         };
-                        store.inbox_complete(e.id, e.attempts, result, now).await.unwrap_or_else(|e| fail("complete", e));
+                        store
+                            .inbox_complete(e.id, e.attempts, result, now)
+                            .await
+                            .unwrap_or_else(|e| fail("complete", e));
                         done += 1;
                     }
                 }
@@ -152,8 +168,8 @@ fn rate(n: u64, d: Duration) -> f64 {
 }
 
 async fn run(full: bool) {
-    let url =
-        std::env::var("CTI_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = std::env::var("CTI_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if let Err(e) = sqlx::postgres::PgConnection::connect(&url).await {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             fail("database unreachable under CI=true", e);
@@ -162,30 +178,50 @@ async fn run(full: bool) {
         return;
     }
     let schema = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let opts = PgOptions { max_connections: 24, ..PgOptions::with_schema(schema.clone()) };
-    let store = Arc::new(PgStore::open(&url, opts).await.unwrap_or_else(|e| fail("open", e)));
+    let opts = PgOptions {
+        max_connections: 24,
+        ..PgOptions::with_schema(schema.clone())
+    };
+    let store = Arc::new(
+        PgStore::open(&url, opts)
+            .await
+            .unwrap_or_else(|e| fail("open", e)),
+    );
     let app = AppId::new();
     store
         .create_app(
             NewApp {
                 id: app,
                 name: "bench".into(),
-                key: NewKey { lookup: format!("{:0>64}", app.0.simple()), hint: "raw_bench...0000".into() },
+                key: NewKey {
+                    lookup: format!("{:0>64}", app.0.simple()),
+                    hint: "raw_bench...0000".into(),
+                },
                 now: Utc::now(),
             },
             AuditContext::default(),
         )
         .await
         .unwrap_or_else(|e| fail("create app", e));
-    let secs = std::env::var("PG_BENCH_SECS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(5.0);
+    let secs = std::env::var("PG_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(5.0);
     let bench = Bench {
         store: store.clone(),
         app,
         template: Arc::new(serde_json::from_str(RINGING).unwrap_or_else(|e| fail("fixture", e))),
-        run_for: if full { Duration::from_secs_f64(secs) } else { Duration::from_millis(50) },
+        run_for: if full {
+            Duration::from_secs_f64(secs)
+        } else {
+            Duration::from_millis(50)
+        },
     };
 
-    println!("pg_ingest (schema {schema}, {:.1} s per ingest scenario)", bench.run_for.as_secs_f64());
+    println!(
+        "pg_ingest (schema {schema}, {:.1} s per ingest scenario)",
+        bench.run_for.as_secs_f64()
+    );
     for (writers, batch) in [(1, 1), (1, 64), (16, 1), (16, 64)] {
         let (n, d, lat) = bench.ingest(writers, batch).await;
         println!(
@@ -195,7 +231,10 @@ async fn run(full: bool) {
         );
     }
     // Start claim+complete from an empty queue.
-    sqlx::query("DELETE FROM webhook_events").execute(store.pool()).await.unwrap_or_else(|e| fail("reset", e));
+    sqlx::query("DELETE FROM webhook_events")
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| fail("reset", e));
     let backlog = if full { 20_000 } else { 200 };
     for workers in [1, 4, 16] {
         let (n, d) = bench.process(workers, backlog).await;
@@ -208,7 +247,9 @@ async fn run(full: bool) {
 
     store.close().await;
     if let Ok(mut c) = sqlx::postgres::PgConnection::connect(&url).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&mut c).await;
+        let _ = sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&mut c)
+            .await;
     }
 }
 

@@ -64,7 +64,11 @@ pub struct ImportOptions<'a> {
 
 impl Default for ImportOptions<'_> {
     fn default() -> Self {
-        Self { source_schema: "public".into(), source_time_zone: "UTC".into(), cipher: None }
+        Self {
+            source_schema: "public".into(),
+            source_time_zone: "UTC".into(),
+            cipher: None,
+        }
     }
 }
 
@@ -148,7 +152,10 @@ impl Source {
             let d: String = r.try_get("d").map_err(pg_err)?;
             tables.entry(t).or_default().insert(c, d);
         }
-        Ok(Self { schema: schema.to_string(), tables })
+        Ok(Self {
+            schema: schema.to_string(),
+            tables,
+        })
     }
 
     fn has_table(&self, t: &str) -> bool {
@@ -161,7 +168,11 @@ impl Source {
 
     /// `s.<c>` or `fallback` when the column is missing.
     fn col(&self, t: &str, c: &str, fallback: &str) -> String {
-        if self.has(t, c) { format!("s.{c}") } else { fallback.to_string() }
+        if self.has(t, c) {
+            format!("s.{c}")
+        } else {
+            fallback.to_string()
+        }
     }
 
     /// A timestamp column as `timestamptz` (`$1` is the source time zone), `NULL` if missing.
@@ -187,17 +198,32 @@ fn render(sql: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
-async fn count(conn: &mut PgConnection, sql: &str, tz: &str, now: Timestamp) -> Result<u64, ImportError> {
-    let n: i64 = sqlx::query_scalar(sql).bind(tz).bind(now).fetch_one(&mut *conn).await.map_err(pg_err)?;
+async fn count(
+    conn: &mut PgConnection,
+    sql: &str,
+    tz: &str,
+    now: Timestamp,
+) -> Result<u64, ImportError> {
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(tz)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(pg_err)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Imports an original database found in `opts.source_schema` of the store's database into the
 /// store's schema, in one transaction. See the [module documentation](self).
-pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<ImportReport, ImportError> {
+pub async fn from_original(
+    store: &PgStore,
+    opts: &ImportOptions<'_>,
+) -> Result<ImportReport, ImportError> {
     validate_schema_name(&opts.source_schema).map_err(|e| ImportError::Source(e.to_string()))?;
     if opts.source_schema == store.schema() {
-        return Err(ImportError::Source("source and target schema are the same".into()));
+        return Err(ImportError::Source(
+            "source and target schema are the same".into(),
+        ));
     }
     let now = chrono::Utc::now();
     let tz = opts.source_time_zone.as_str();
@@ -249,7 +275,8 @@ pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<
     .await
     .map_err(pg_err)?;
     report.apps = u64::try_from(row.try_get::<i64, _>("n").map_err(pg_err)?).unwrap_or(0);
-    report.legacy_keys = u64::try_from(row.try_get::<i64, _>("legacy").map_err(pg_err)?).unwrap_or(0);
+    report.legacy_keys =
+        u64::try_from(row.try_get::<i64, _>("legacy").map_err(pg_err)?).unwrap_or(0);
 
     // --- audit log ----------------------------------------------------------------------
     if src.has_table("api_key_audit_log") {
@@ -331,7 +358,10 @@ pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<
             ("recording", src.col(t, "recording_url", "NULL::text")),
             ("is_vm", src.col(t, "is_voicemail", "NULL::boolean")),
             ("vm_audio", src.col(t, "voicemail_audio_url", "NULL::text")),
-            ("vm_transcript", src.col(t, "voicemail_transcript", "NULL::text")),
+            (
+                "vm_transcript",
+                src.col(t, "voicemail_transcript", "NULL::text"),
+            ),
             ("raw", src.col(t, "raw_payload", "NULL::jsonb")),
         ];
         report.calls_status_remapped = count(
@@ -504,7 +534,8 @@ pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<
         .await
         .map_err(pg_err)?;
         report.voicemails = u64::try_from(row.try_get::<i64, _>("n").map_err(pg_err)?).unwrap_or(0);
-        report.voicemails_unlinked = u64::try_from(row.try_get::<i64, _>("unlinked").map_err(pg_err)?).unwrap_or(0);
+        report.voicemails_unlinked =
+            u64::try_from(row.try_get::<i64, _>("unlinked").map_err(pg_err)?).unwrap_or(0);
     }
 
     // --- webhook events → inbox ---------------------------------------------------------
@@ -552,8 +583,10 @@ pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<
         .fetch_one(&mut *tx)
         .await
         .map_err(pg_err)?;
-        report.events_pending = u64::try_from(row.try_get::<i64, _>("pending").map_err(pg_err)?).unwrap_or(0);
-        report.events_done = u64::try_from(row.try_get::<i64, _>("done").map_err(pg_err)?).unwrap_or(0);
+        report.events_pending =
+            u64::try_from(row.try_get::<i64, _>("pending").map_err(pg_err)?).unwrap_or(0);
+        report.events_done =
+            u64::try_from(row.try_get::<i64, _>("done").map_err(pg_err)?).unwrap_or(0);
         report.events_without_app = count(
             &mut tx,
             &render(
@@ -598,7 +631,11 @@ pub async fn from_original(store: &PgStore, opts: &ImportOptions<'_>) -> Result<
 
 /// Encrypts a plaintext secret (values that already look encrypted are kept).
 fn seal(cipher: &DataCipher, v: &str) -> Result<String, SecretError> {
-    if DataCipher::is_encrypted(v) { Ok(v.to_string()) } else { cipher.try_encrypt(v) }
+    if DataCipher::is_encrypted(v) {
+        Ok(v.to_string())
+    } else {
+        cipher.try_encrypt(v)
+    }
 }
 
 async fn import_connections(

@@ -2,6 +2,7 @@
 //! into a `PgStore`: ids kept, legacy bcrypt keys still authenticate, pending events become
 //! inbox rows, plaintext secrets encrypted (or skipped without a key), originals untouched,
 //! re-runs idempotent.
+#![allow(clippy::type_complexity)]
 
 mod pg_support;
 
@@ -172,20 +173,37 @@ fn ids<const N: usize>() -> [Uuid; N] {
 /// Builds the original schema in `source` and fills it with rows shaped like the original's.
 async fn build_original(db: &TestDb, source: &str, bcrypt_hash: &str) -> Original {
     let mut c = db.conn().await;
-    sqlx::raw_sql(&format!("CREATE SCHEMA \"{source}\"; SET search_path TO \"{source}\";"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA \"{source}\"; SET search_path TO \"{source}\";"
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
     sqlx::raw_sql(ORIGINAL_DDL).execute(&mut c).await.unwrap();
     let [app_a, app_b] = ids();
     let audit = ids::<3>();
-    let [mapping, call_ended, call_odd_status, call_active, msg_array, msg_plain] = ids();
-    let [vm_old, vm_new, vm_nocall, ev_done, ev_pending_keyed, ev_pending_anon, ev_orphan] = ids();
+    let [
+        mapping,
+        call_ended,
+        call_odd_status,
+        call_active,
+        msg_array,
+        msg_plain,
+    ] = ids();
+    let [
+        vm_old,
+        vm_new,
+        vm_nocall,
+        ev_done,
+        ev_pending_keyed,
+        ev_pending_anon,
+        ev_orphan,
+    ] = ids();
     let [conn_old, conn_new, hook] = ids();
     let stmts: Vec<(&str, Vec<Uuid>)> = vec![
         (
             "INSERT INTO apps (id, name, api_key, is_active, api_key_rotated_at, created_at, updated_at) VALUES
-             ($1, 'Acme', $3, true, '2025-02-01 10:00:00', '2025-01-15 09:00:00', '2025-02-01 10:00:00'),
+             ($1, 'Acme', NULL, true, '2025-02-01 10:00:00', '2025-01-15 09:00:00', '2025-02-01 10:00:00'),
              ($2, 'Gone', NULL, false, NULL, '2025-01-16 09:00:00', '2025-01-16 09:00:00')",
             vec![app_a, app_b],
         ),
@@ -253,7 +271,9 @@ async fn build_original(db: &TestDb, source: &str, bcrypt_hash: &str) -> Origina
         for b in binds {
             q = q.bind(b);
         }
-        q.execute(&mut c).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
+        q.execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
     sqlx::query("UPDATE apps SET api_key = $1 WHERE id = $2")
         .bind(bcrypt_hash)
@@ -282,18 +302,42 @@ async fn build_original(db: &TestDb, source: &str, bcrypt_hash: &str) -> Origina
 async fn source_counts(db: &TestDb, source: &str) -> Vec<i64> {
     let mut c = db.conn().await;
     let mut out = Vec::new();
-    for t in ["apps", "api_key_audit_log", "calls", "messages", "voicemails", "webhook_events", "dialpad_connections", "dialpad_webhooks"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{source}\".{t}")).fetch_one(&mut c).await.unwrap();
+    for t in [
+        "apps",
+        "api_key_audit_log",
+        "calls",
+        "messages",
+        "voicemails",
+        "webhook_events",
+        "dialpad_connections",
+        "dialpad_webhooks",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{source}\".{t}"))
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
         out.push(n);
     }
     out
 }
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
-    Utc.from_utc_datetime(&NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, 0).unwrap())
+    Utc.from_utc_datetime(
+        &NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, 0)
+            .unwrap(),
+    )
 }
 
-async fn apply(s: &PgStore, app: AppId, key: &str, event: CtiEvent, call: u64, ms: i64) -> Vec<PublishedEvent> {
+async fn apply(
+    s: &PgStore,
+    app: AppId,
+    key: &str,
+    event: CtiEvent,
+    call: u64,
+    ms: i64,
+) -> Vec<PublishedEvent> {
     let now = Utc::now();
     s.inbox_insert(vec![NewInboxEvent {
         id: Uuid::new_v4(),
@@ -309,20 +353,53 @@ async fn apply(s: &PgStore, app: AppId, key: &str, event: CtiEvent, call: u64, m
     .await
     .unwrap();
     let n = Normalized {
-        call: Some(CallUpdate { dialpad_call_id: Some(DialpadId(call)), status: event.call_status(), event_ms: ms, ..Default::default() }),
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(call)),
+            status: event.call_status(),
+            event_ms: ms,
+            ..Default::default()
+        }),
         event,
         voicemail: None,
         message: None,
     };
-    let claimed = s.inbox_claim(50, Duration::from_secs(30), now + chrono::Duration::seconds(1)).await.unwrap();
-    let e = claimed.iter().find(|e| e.dedupe_key == key).expect("claimed");
-    s.inbox_complete(e.id, e.attempts, EventResult::Apply(Box::new(n)), now).await.unwrap()
+    if std::env::var("DBG").is_ok() {
+        let rows: Vec<(String, String, Option<i64>, Option<i64>, chrono::DateTime<Utc>, i64)> = sqlx::query_as("SELECT dedupe_key, status, call_id, event_timestamp, next_attempt_at, arrival FROM webhook_events ORDER BY arrival").fetch_all(s.pool()).await.unwrap();
+        eprintln!("DBG2 now={now} {rows:?}");
+    }
+    let claimed = s
+        .inbox_claim(
+            50,
+            Duration::from_secs(30),
+            now + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    let e = claimed
+        .iter()
+        .find(|e| e.dedupe_key == key)
+        .unwrap_or_else(|| {
+            panic!(
+                "not claimed: {:?}",
+                claimed
+                    .iter()
+                    .map(|e| (&e.dedupe_key, e.call_id, e.status))
+                    .collect::<Vec<_>>()
+            )
+        });
+    s.inbox_complete(e.id, e.attempts, EventResult::Apply(Box::new(n)), now)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_an_original_database_in_place() {
-    let Some(db) = TestDb::new("imp").await else { return };
-    let Some(src_db) = TestDb::new("orig").await else { return };
+    let Some(db) = TestDb::new("imp").await else {
+        return;
+    };
+    let Some(src_db) = TestDb::new("orig").await else {
+        return;
+    };
     let source = src_db.schema.clone(); // dropped with src_db
     let hash = bcrypt::hash(LEGACY_KEY, 4).unwrap();
     let o = build_original(&src_db, &source, &hash).await;
@@ -330,7 +407,11 @@ async fn imports_an_original_database_in_place() {
 
     let store = db.store().await;
     let cipher = DataCipher::new(vec![("k1".into(), [7u8; 32])]).unwrap();
-    let opts = ImportOptions { source_schema: source.clone(), cipher: Some(&cipher), ..ImportOptions::default() };
+    let opts = ImportOptions {
+        source_schema: source.clone(),
+        cipher: Some(&cipher),
+        ..ImportOptions::default()
+    };
     let report = from_original(&store, &opts).await.unwrap();
     assert_eq!(
         report,
@@ -356,7 +437,11 @@ async fn imports_an_original_database_in_place() {
             dialpad_users_ignored: 1,
         }
     );
-    assert_eq!(source_counts(&db, &source).await, before, "original tables untouched");
+    assert_eq!(
+        source_counts(&db, &source).await,
+        before,
+        "original tables untouched"
+    );
 
     // Apps keep their ids; the bcrypt key still authenticates through legacy_keys().
     let (a, b) = (AppId(o.app_a), AppId(o.app_b));
@@ -369,16 +454,37 @@ async fn imports_an_original_database_in_place() {
     let legacy = store.legacy_keys().await.unwrap();
     assert_eq!(legacy.len(), 1);
     assert_eq!(legacy[0].app.id, a);
-    assert!(cti_core::keys::verify_legacy_bcrypt(LEGACY_KEY, &legacy[0].bcrypt_hash));
+    assert!(cti_core::keys::verify_legacy_bcrypt(
+        LEGACY_KEY,
+        &legacy[0].bcrypt_hash
+    ));
     assert!(bcrypt::verify(LEGACY_KEY, &legacy[0].bcrypt_hash).unwrap());
-    assert!(!cti_core::keys::verify_legacy_bcrypt("raw_wrong", &legacy[0].bcrypt_hash));
+    assert!(!cti_core::keys::verify_legacy_bcrypt(
+        "raw_wrong",
+        &legacy[0].bcrypt_hash
+    ));
 
     // Audit: same ids, newest first.
     let audit = store.list_audit(a, PageRequest::new(10, 0)).await.unwrap();
-    assert_eq!(audit.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![o.audit[1], o.audit[0]]);
-    assert_eq!(store.list_audit(b, PageRequest::new(10, 0)).await.unwrap().items[0].id, o.audit[2]);
+    assert_eq!(
+        audit.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![o.audit[1], o.audit[0]]
+    );
+    assert_eq!(
+        store
+            .list_audit(b, PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .items[0]
+            .id,
+        o.audit[2]
+    );
 
-    let m = store.get_mapping_by_dialpad(a, DialpadId(4611686018427387913)).await.unwrap().unwrap();
+    let m = store
+        .get_mapping_by_dialpad(a, DialpadId(4611686018427387913))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((m.id, m.crm_user_id.as_str()), (o.mapping, "crm_42"));
 
     // Calls: same ids, statuses normalised, timestamps in UTC.
@@ -386,37 +492,166 @@ async fn imports_an_original_database_in_place() {
     assert_eq!(ended.status, CallStatus::Ended);
     assert_eq!(ended.dialpad_user_id, Some(DialpadId(4611686018427387913)));
     assert_eq!(ended.ended_at, Some(utc(2025, 3, 1, 12, 2)));
-    assert_eq!(ended.raw_payload, Some(serde_json::json!({"state": "hangup"})));
-    assert_eq!(store.get_call(a, o.call_odd_status).await.unwrap().unwrap().status, CallStatus::Ended);
+    assert_eq!(
+        ended.raw_payload,
+        Some(serde_json::json!({"state": "hangup"}))
+    );
+    assert_eq!(
+        store
+            .get_call(a, o.call_odd_status)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CallStatus::Ended
+    );
     let active = store.get_call(a, o.call_active).await.unwrap().unwrap();
-    assert_eq!((active.status, active.transcript.as_deref(), active.is_voicemail), (CallStatus::Active, Some("call me"), true));
+    assert_eq!(
+        (
+            active.status,
+            active.transcript.as_deref(),
+            active.is_voicemail
+        ),
+        (CallStatus::Active, Some("call me"), true)
+    );
     // A late ring for the imported ended call does not resurrect it; a hangup ends the active one.
-    let late = apply(&store, a, "late-ring", CtiEvent::CallRinging, 1001, utc(2025, 3, 1, 11, 59).timestamp_millis()).await;
+    if std::env::var("DBG").is_ok() {
+        let rows: Vec<(String, String, Option<chrono::DateTime<Utc>>, chrono::DateTime<Utc>, i64)> = sqlx::query_as("SELECT dedupe_key, status, locked_until, next_attempt_at, arrival FROM webhook_events ORDER BY arrival").fetch_all(store.pool()).await.unwrap();
+        eprintln!("DBG {rows:?}");
+        let now = Utc::now();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events e WHERE e.status IN ('pending','failed','processing') AND (CASE WHEN e.status = 'processing' THEN e.locked_until < $1 WHEN e.status IN ('pending', 'failed') THEN e.next_attempt_at <= $1 ELSE false END)").bind(now).fetch_one(store.pool()).await.unwrap();
+        eprintln!("DBG due {n}");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events e WHERE (e.call_id IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.app_id = e.app_id AND b.call_id = e.call_id AND b.status = 'processing' AND b.locked_until >= $1))").bind(now).fetch_one(store.pool()).await.unwrap();
+        eprintln!("DBG notbusy {n}");
+        let c = store
+            .inbox_claim(10, Duration::from_secs(30), now)
+            .await
+            .unwrap();
+        eprintln!("DBG claim {}", c.len());
+        let plan: Vec<String> = sqlx::query_scalar(
+            "SELECT current_setting('search_path') || ' ' || current_setting('TimeZone')",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        eprintln!("DBG {plan:?}");
+    }
+    let late = apply(
+        &store,
+        a,
+        "late-ring",
+        CtiEvent::CallRinging,
+        1001,
+        utc(2025, 3, 1, 11, 59).timestamp_millis(),
+    )
+    .await;
     assert!(late.is_empty());
-    assert_eq!(store.get_call(a, o.call_ended).await.unwrap().unwrap().status, CallStatus::Ended);
-    let end = apply(&store, a, "hangup-1003", CtiEvent::CallEnded, 1003, utc(2025, 3, 3, 12, 10).timestamp_millis()).await;
+    assert_eq!(
+        store
+            .get_call(a, o.call_ended)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CallStatus::Ended
+    );
+    let end = apply(
+        &store,
+        a,
+        "hangup-1003",
+        CtiEvent::CallEnded,
+        1003,
+        utc(2025, 3, 3, 12, 10).timestamp_millis(),
+    )
+    .await;
     assert_eq!(end.len(), 1);
-    assert_eq!(store.get_call(a, o.call_active).await.unwrap().unwrap().status, CallStatus::Ended);
+    assert_eq!(
+        store
+            .get_call(a, o.call_active)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CallStatus::Ended
+    );
 
     // Messages: the array literal became a list.
     let msg = store.get_message(a, o.msg_array).await.unwrap().unwrap();
-    assert_eq!(msg.to_numbers, vec!["+15550002222".to_string(), "+15550003333".to_string()]);
+    assert_eq!(
+        msg.to_numbers,
+        vec!["+15550002222".to_string(), "+15550003333".to_string()]
+    );
     assert_eq!(msg.to_number.as_deref(), Some("+15550002222"));
-    assert_eq!(store.list_messages(a, &MessageFilter::default(), PageRequest::new(10, 0)).await.unwrap().total, 2);
+    assert_eq!(
+        store
+            .list_messages(a, &MessageFilter::default(), PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        2
+    );
 
     // Voicemails: the newest of a call keeps the link, the older one is kept unlinked.
-    assert_eq!(store.get_voicemail(a, o.vm_new).await.unwrap().unwrap().dialpad_call_id, Some(DialpadId(1001)));
-    assert_eq!(store.get_voicemail(a, o.vm_old).await.unwrap().unwrap().dialpad_call_id, None);
-    assert_eq!(store.list_voicemails(a, &VoicemailFilter::default(), PageRequest::new(10, 0)).await.unwrap().total, 3);
+    assert_eq!(
+        store
+            .get_voicemail(a, o.vm_new)
+            .await
+            .unwrap()
+            .unwrap()
+            .dialpad_call_id,
+        Some(DialpadId(1001))
+    );
+    assert_eq!(
+        store
+            .get_voicemail(a, o.vm_old)
+            .await
+            .unwrap()
+            .unwrap()
+            .dialpad_call_id,
+        None
+    );
+    assert_eq!(
+        store
+            .list_voicemails(a, &VoicemailFilter::default(), PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        3
+    );
 
     // Events: processed → done, pending → claimable inbox rows with their dedupe keys.
-    assert_eq!(store.inbox_get(Some(a), o.ev_done).await.unwrap().unwrap().status, EventStatus::Done);
-    let keyed = store.inbox_get(Some(a), o.ev_pending_keyed).await.unwrap().unwrap();
-    assert_eq!((keyed.status, keyed.dedupe_key.as_str()), (EventStatus::Pending, "evt-2"));
-    assert_eq!((keyed.call_id, keyed.event_timestamp, keyed.state.as_deref()), (Some(DialpadId(1003)), Some(1741003500000), Some("hangup")));
-    let anon = store.inbox_get(Some(a), o.ev_pending_anon).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .inbox_get(Some(a), o.ev_done)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        EventStatus::Done
+    );
+    let keyed = store
+        .inbox_get(Some(a), o.ev_pending_keyed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (keyed.status, keyed.dedupe_key.as_str()),
+        (EventStatus::Pending, "evt-2")
+    );
+    assert_eq!(
+        (keyed.call_id, keyed.event_timestamp, keyed.state.as_deref()),
+        (Some(DialpadId(1003)), Some(1741003500000), Some("hangup"))
+    );
+    let anon = store
+        .inbox_get(Some(a), o.ev_pending_anon)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(anon.dedupe_key, format!("import:{}", o.ev_pending_anon));
-    let claimed = store.inbox_claim(10, Duration::from_secs(30), Utc::now()).await.unwrap();
+    let claimed = store
+        .inbox_claim(10, Duration::from_secs(30), Utc::now())
+        .await
+        .unwrap();
     let mut got: Vec<Uuid> = claimed.iter().map(|e| e.id).collect();
     got.sort();
     let mut want = vec![o.ev_pending_keyed, o.ev_pending_anon];
@@ -442,28 +677,61 @@ async fn imports_an_original_database_in_place() {
     // Secrets: encrypted at rest, the newest connection per app.
     let conn = store.get_connection(a).await.unwrap().unwrap();
     assert!(DataCipher::is_encrypted(&conn.access_token_enc));
-    assert_eq!(cipher.decrypt(&conn.access_token_enc).unwrap().expose(), "new-access");
-    assert_eq!(cipher.decrypt(&conn.refresh_token_enc).unwrap().expose(), "new-refresh");
+    assert_eq!(
+        cipher.decrypt(&conn.access_token_enc).unwrap().expose(),
+        "new-access"
+    );
+    assert_eq!(
+        cipher.decrypt(&conn.refresh_token_enc).unwrap().expose(),
+        "new-refresh"
+    );
     assert_eq!(conn.token_expires_at, utc(2025, 4, 1, 0, 0));
-    assert_eq!(store.find_app_by_org(DialpadId(4993497561530368)).await.unwrap(), Some(a));
+    assert_eq!(
+        store
+            .find_app_by_org(DialpadId(4993497561530368))
+            .await
+            .unwrap(),
+        Some(a)
+    );
     let hook = store.get_webhook(DialpadId(193)).await.unwrap().unwrap();
     assert_eq!(hook.id, o.hook);
-    assert_eq!(cipher.decrypt(hook.secret_enc.as_deref().unwrap()).unwrap().expose(), "plain-secret");
+    assert_eq!(
+        cipher
+            .decrypt(hook.secret_enc.as_deref().unwrap())
+            .unwrap()
+            .expose(),
+        "plain-secret"
+    );
 
     // Re-running copies nothing new and changes nothing.
     let again = from_original(&store, &opts).await.unwrap();
     assert_eq!(
         again,
-        ImportReport { events_without_app: 1, dialpad_users_ignored: 1, ..ImportReport::default() },
+        ImportReport {
+            events_without_app: 1,
+            dialpad_users_ignored: 1,
+            ..ImportReport::default()
+        },
         "second run imports nothing"
     );
-    assert_eq!(store.list_apps(PageRequest::new(10, 0)).await.unwrap().total, 2);
+    assert_eq!(
+        store
+            .list_apps(PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_cipher_secrets_are_skipped_and_time_zone_is_applied() {
-    let Some(db) = TestDb::new("imp2").await else { return };
-    let Some(src_db) = TestDb::new("orig2").await else { return };
+    let Some(db) = TestDb::new("imp2").await else {
+        return;
+    };
+    let Some(src_db) = TestDb::new("orig2").await else {
+        return;
+    };
     let source = src_db.schema.clone();
     let hash = bcrypt::hash(LEGACY_KEY, 4).unwrap();
     let o = build_original(&src_db, &source, &hash).await;
@@ -475,17 +743,56 @@ async fn without_a_cipher_secrets_are_skipped_and_time_zone_is_applied() {
     };
     let report = from_original(&store, &opts).await.unwrap();
     assert_eq!((report.connections, report.connections_skipped), (0, 1));
-    assert_eq!((report.webhooks, report.webhook_secrets_skipped, report.webhook_secrets_encrypted), (1, 1, 0));
-    assert!(store.get_connection(AppId(o.app_a)).await.unwrap().is_none());
-    assert_eq!(store.get_webhook(DialpadId(193)).await.unwrap().unwrap().secret_enc, None);
+    assert_eq!(
+        (
+            report.webhooks,
+            report.webhook_secrets_skipped,
+            report.webhook_secrets_encrypted
+        ),
+        (1, 1, 0)
+    );
+    assert!(
+        store
+            .get_connection(AppId(o.app_a))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .get_webhook(DialpadId(193))
+            .await
+            .unwrap()
+            .unwrap()
+            .secret_enc,
+        None
+    );
     // 09:00 in New York (EST) is 14:00 UTC.
-    assert_eq!(store.get_app(AppId(o.app_a)).await.unwrap().unwrap().created_at, utc(2025, 1, 15, 14, 0));
+    assert_eq!(
+        store
+            .get_app(AppId(o.app_a))
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        utc(2025, 1, 15, 14, 0)
+    );
 
     // Refusals: same schema, a schema without the original tables, a bad time zone.
-    let same = ImportOptions { source_schema: store.schema().to_string(), ..ImportOptions::default() };
+    let same = ImportOptions {
+        source_schema: store.schema().to_string(),
+        ..ImportOptions::default()
+    };
     assert!(from_original(&store, &same).await.is_err());
-    let empty = ImportOptions { source_schema: "t_no_such_schema".into(), ..ImportOptions::default() };
+    let empty = ImportOptions {
+        source_schema: "t_no_such_schema".into(),
+        ..ImportOptions::default()
+    };
     assert!(from_original(&store, &empty).await.is_err());
-    let bad_tz = ImportOptions { source_schema: source, source_time_zone: "Mars/Olympus".into(), cipher: None };
+    let bad_tz = ImportOptions {
+        source_schema: source,
+        source_time_zone: "Mars/Olympus".into(),
+        cipher: None,
+    };
     assert!(from_original(&store, &bad_tz).await.is_err());
 }

@@ -90,7 +90,11 @@ pub fn apply_event(app: AppId, n: &Normalized, existing: Existing, now: Timestam
             && !push
             && existing.call.as_ref().is_some_and(|c| c.held)
             && !m.call.held;
-        let name = if resumed { Some("call.resumed") } else { n.event.wire_name().filter(|_| push) };
+        let name = if resumed {
+            Some("call.resumed")
+        } else {
+            n.event.wire_name().filter(|_| push)
+        };
         if let Some(name) = name {
             out.outbox.push(OutboxMessage {
                 event: name.to_string(),
@@ -137,9 +141,18 @@ pub fn call_payload(event: &str, c: &Call, crm: Option<&str>, now: Timestamp) ->
     m.insert("to_number".into(), opt_str(c.to_number.as_deref()));
     m.insert("status".into(), json!(c.status.as_str()));
     m.insert("user_id".into(), opt_str(c.dialpad_user_id));
-    m.insert("duration_seconds".into(), c.duration_seconds.map_or(Value::Null, Value::from));
-    m.insert("started_at".into(), opt_str(c.started_at.as_ref().map(format_ts)));
-    m.insert("ended_at".into(), opt_str(c.ended_at.as_ref().map(format_ts)));
+    m.insert(
+        "duration_seconds".into(),
+        c.duration_seconds.map_or(Value::Null, Value::from),
+    );
+    m.insert(
+        "started_at".into(),
+        opt_str(c.started_at.as_ref().map(format_ts)),
+    );
+    m.insert(
+        "ended_at".into(),
+        opt_str(c.ended_at.as_ref().map(format_ts)),
+    );
     if event == "call.held" || event == "call.resumed" {
         m.insert("held".into(), json!(c.held));
     }
@@ -163,7 +176,10 @@ pub fn voicemail_payload(v: &Voicemail, crm: Option<&str>, now: Timestamp) -> Va
     m.insert("to_number".into(), opt_str(v.to_number.as_deref()));
     m.insert("recording_url".into(), opt_str(v.recording_url.as_deref()));
     m.insert("transcript".into(), opt_str(v.transcript.as_deref()));
-    m.insert("duration_seconds".into(), v.duration_seconds.map_or(Value::Null, Value::from));
+    m.insert(
+        "duration_seconds".into(),
+        v.duration_seconds.map_or(Value::Null, Value::from),
+    );
     m.insert("user_id".into(), opt_str(v.dialpad_user_id));
     finish(m, crm, now)
 }
@@ -173,13 +189,25 @@ pub fn message_payload(event: &str, msg: &Message, crm: Option<&str>, now: Times
     let mut m = Map::new();
     m.insert("event".into(), json!(event));
     m.insert("message_id".into(), json!(msg.id));
-    m.insert("dialpad_message_id".into(), json!(msg.dialpad_message_id.to_string()));
-    m.insert("direction".into(), opt_str(msg.direction.map(|d| d.as_str())));
+    m.insert(
+        "dialpad_message_id".into(),
+        json!(msg.dialpad_message_id.to_string()),
+    );
+    m.insert(
+        "direction".into(),
+        opt_str(msg.direction.map(|d| d.as_str())),
+    );
     m.insert("from_number".into(), opt_str(msg.from_number.as_deref()));
     m.insert("to_number".into(), opt_str(msg.to_number.as_deref()));
     m.insert("text".into(), opt_str(msg.text.as_deref()));
     m.insert("user_id".into(), opt_str(msg.dialpad_user_id));
-    m.insert("message_status".into(), opt_str(msg.message_status.as_deref()));
-    m.insert("sent_at".into(), opt_str(msg.sent_at.as_ref().map(format_ts)));
+    m.insert(
+        "message_status".into(),
+        opt_str(msg.message_status.as_deref()),
+    );
+    m.insert(
+        "sent_at".into(),
+        opt_str(msg.sent_at.as_ref().map(format_ts)),
+    );
     finish(m, crm, now)
 }

@@ -77,11 +77,18 @@ impl CallMerge {
     /// `true` when the update's status is now the call's status and it was not before (or the
     /// status was first reported by this update): the event is worth a realtime push.
     pub fn reached(&self, status: CallStatus) -> bool {
-        self.call.status == status && (self.previous_status != Some(status) || self.newly_reported == Some(status))
+        self.call.status == status
+            && (self.previous_status != Some(status) || self.newly_reported == Some(status))
     }
 
     /// Merges `upd` into `existing` (or a new call for `app`).
-    pub fn apply(existing: Option<&Call>, upd: &CallUpdate, app: AppId, call_id: DialpadId, now: Timestamp) -> CallMerge {
+    pub fn apply(
+        existing: Option<&Call>,
+        upd: &CallUpdate,
+        app: AppId,
+        call_id: DialpadId,
+        now: Timestamp,
+    ) -> CallMerge {
         let created = existing.is_none();
         let mut call = match existing {
             Some(c) => c.clone(),
@@ -114,7 +121,9 @@ impl CallMerge {
         };
         let before = call.clone();
         let t = upd.event_ms;
-        let newly_reported = upd.status.filter(|st| !before.merge_log.first.contains_key(st));
+        let newly_reported = upd
+            .status
+            .filter(|st| !before.merge_log.first.contains_key(st));
         let log = &mut call.merge_log;
 
         if let Some(st) = upd.status {
@@ -129,19 +138,97 @@ impl CallMerge {
             None => {}
         }
 
-        lww(&mut log.fields, "direction", t, &mut call.direction, upd.direction.as_ref());
-        lww(&mut log.fields, "from_number", t, &mut call.from_number, upd.from_number.as_ref());
-        lww(&mut log.fields, "to_number", t, &mut call.to_number, upd.to_number.as_ref());
-        lww(&mut log.fields, "dialpad_user_id", t, &mut call.dialpad_user_id, upd.dialpad_user_id.as_ref());
-        lww(&mut log.fields, "target_type", t, &mut call.target_type, upd.target_type.as_ref());
-        lww(&mut log.fields, "target_id", t, &mut call.target_id, upd.target_id.as_ref());
-        lww(&mut log.fields, "started_at", t, &mut call.started_at, upd.started_at.as_ref());
-        lww(&mut log.fields, "answered_at", t, &mut call.answered_at, upd.answered_at.as_ref());
-        lww(&mut log.fields, "ended_at", t, &mut call.ended_at, upd.ended_at.as_ref());
-        lww(&mut log.fields, "duration_seconds", t, &mut call.duration_seconds, upd.duration_seconds.as_ref());
-        lww(&mut log.fields, "recording_url", t, &mut call.recording_url, upd.recording_url.as_ref());
-        lww(&mut log.fields, "transcript", t, &mut call.transcript, upd.transcript.as_ref());
-        lww(&mut log.fields, "voicemail_audio_url", t, &mut call.voicemail_audio_url, upd.voicemail_audio_url.as_ref());
+        lww(
+            &mut log.fields,
+            "direction",
+            t,
+            &mut call.direction,
+            upd.direction.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "from_number",
+            t,
+            &mut call.from_number,
+            upd.from_number.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "to_number",
+            t,
+            &mut call.to_number,
+            upd.to_number.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "dialpad_user_id",
+            t,
+            &mut call.dialpad_user_id,
+            upd.dialpad_user_id.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "target_type",
+            t,
+            &mut call.target_type,
+            upd.target_type.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "target_id",
+            t,
+            &mut call.target_id,
+            upd.target_id.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "started_at",
+            t,
+            &mut call.started_at,
+            upd.started_at.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "answered_at",
+            t,
+            &mut call.answered_at,
+            upd.answered_at.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "ended_at",
+            t,
+            &mut call.ended_at,
+            upd.ended_at.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "duration_seconds",
+            t,
+            &mut call.duration_seconds,
+            upd.duration_seconds.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "recording_url",
+            t,
+            &mut call.recording_url,
+            upd.recording_url.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "transcript",
+            t,
+            &mut call.transcript,
+            upd.transcript.as_ref(),
+        );
+        lww(
+            &mut log.fields,
+            "voicemail_audio_url",
+            t,
+            &mut call.voicemail_audio_url,
+            upd.voicemail_audio_url.as_ref(),
+        );
         // The sanitised payload follows the newest event (ties: keep the current one).
         if upd.raw_payload.is_some() && (call.raw_payload.is_none() || t > call.last_event_ms) {
             call.raw_payload = upd.raw_payload.clone();
@@ -158,7 +245,9 @@ impl CallMerge {
         call.last_event_ms = call.last_event_ms.max(t);
 
         let data_changed = created || !same_record(&before, &call);
-        let changed = data_changed || before.merge_log != call.merge_log || before.raw_payload != call.raw_payload;
+        let changed = data_changed
+            || before.merge_log != call.merge_log
+            || before.raw_payload != call.raw_payload;
         if data_changed {
             call.updated_at = now;
         }
@@ -195,7 +284,13 @@ fn same_record(a: &Call, b: &Call) -> bool {
 
 /// Per-field last-writer-wins register: the value with the newest event time wins; on equal
 /// times the greater value wins, so the result never depends on arrival order.
-fn lww<T: Clone + PartialOrd>(times: &mut BTreeMap<String, i64>, name: &str, t: i64, slot: &mut Option<T>, value: Option<&T>) {
+fn lww<T: Clone + PartialOrd>(
+    times: &mut BTreeMap<String, i64>,
+    name: &str,
+    t: i64,
+    slot: &mut Option<T>,
+    value: Option<&T>,
+) {
     let Some(new_val) = value else {
         return;
     };
@@ -211,7 +306,12 @@ fn lww<T: Clone + PartialOrd>(times: &mut BTreeMap<String, i64>, name: &str, t: 
 
 /// Merges a voicemail update: new non-null values replace stored ones.
 /// Returns the row and whether it was created.
-pub fn merge_voicemail(existing: Option<&Voicemail>, upd: &VoicemailUpdate, app: AppId, now: Timestamp) -> (Voicemail, bool) {
+pub fn merge_voicemail(
+    existing: Option<&Voicemail>,
+    upd: &VoicemailUpdate,
+    app: AppId,
+    now: Timestamp,
+) -> (Voicemail, bool) {
     match existing {
         Some(v) => {
             let mut v = v.clone();
@@ -248,7 +348,13 @@ pub fn merge_voicemail(existing: Option<&Voicemail>, upd: &VoicemailUpdate, app:
 
 /// Merges a message update: new non-null values replace stored ones.
 /// Returns the row and whether it was created.
-pub fn merge_message(existing: Option<&Message>, upd: &MessageUpdate, app: AppId, id: DialpadId, now: Timestamp) -> (Message, bool) {
+pub fn merge_message(
+    existing: Option<&Message>,
+    upd: &MessageUpdate,
+    app: AppId,
+    id: DialpadId,
+    now: Timestamp,
+) -> (Message, bool) {
     match existing {
         Some(m) => {
             let mut m = m.clone();

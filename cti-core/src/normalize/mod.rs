@@ -196,7 +196,9 @@ impl Normalized {
     /// An ignored event.
     pub fn ignored(state: impl Into<String>) -> Self {
         Self {
-            event: CtiEvent::Ignored { state: state.into() },
+            event: CtiEvent::Ignored {
+                state: state.into(),
+            },
             call: None,
             voicemail: None,
             message: None,

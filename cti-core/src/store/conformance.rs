@@ -10,6 +10,8 @@
 //!
 //! Each check is also a public function taking the store, so a backend can run a subset.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test-suite code: failures must panic
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +45,10 @@ macro_rules! store_conformance_tests {
 }
 
 fn t0() -> Timestamp {
-    chrono::Utc.with_ymd_and_hms(2026, 1, 29, 12, 0, 0).single().unwrap_or_default()
+    chrono::Utc
+        .with_ymd_and_hms(2026, 1, 29, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 fn secs(n: i64) -> chrono::Duration {
@@ -51,16 +56,33 @@ fn secs(n: i64) -> chrono::Duration {
 }
 
 fn key(n: &str) -> NewKey {
-    NewKey { lookup: format!("{:0>64}", n), hint: format!("raw_{n}...{n}") }
+    NewKey {
+        lookup: format!("{:0>64}", n),
+        hint: format!("raw_{n}...{n}"),
+    }
 }
 
 async fn new_app(s: &Arc<dyn Store>, name: &str, k: &str) -> App {
-    s.create_app(NewApp { id: AppId::new(), name: name.into(), key: key(k), now: t0() }, AuditContext::default())
-        .await
-        .unwrap()
+    s.create_app(
+        NewApp {
+            id: AppId::new(),
+            name: name.into(),
+            key: key(k),
+            now: t0(),
+        },
+        AuditContext::default(),
+    )
+    .await
+    .unwrap()
 }
 
-fn ev(app: AppId, dedupe: &str, call: Option<u64>, ts: Option<i64>, at: Timestamp) -> NewInboxEvent {
+fn ev(
+    app: AppId,
+    dedupe: &str,
+    call: Option<u64>,
+    ts: Option<i64>,
+    at: Timestamp,
+) -> NewInboxEvent {
     NewInboxEvent {
         id: Uuid::new_v4(),
         app_id: app,
@@ -96,13 +118,32 @@ fn call_norm(event: CtiEvent, call: u64, ms: i64, user: Option<u64>) -> Normaliz
 }
 
 /// Inserts, claims and completes one event; returns what was published.
-async fn process(s: &Arc<dyn Store>, app: AppId, dedupe: &str, n: Normalized, at: Timestamp) -> Vec<PublishedEvent> {
+async fn process(
+    s: &Arc<dyn Store>,
+    app: AppId,
+    dedupe: &str,
+    n: Normalized,
+    at: Timestamp,
+) -> Vec<PublishedEvent> {
     let call = n.call.as_ref().and_then(|c| c.dialpad_call_id).map(|c| c.0);
-    let out = s.inbox_insert(vec![ev(app, dedupe, call, None, at)]).await.unwrap();
-    let InsertOutcome::Inserted(id) = out[0] else { panic!("duplicate {dedupe}") };
-    let claimed = s.inbox_claim(100, Duration::from_secs(30), at).await.unwrap();
-    let e = claimed.iter().find(|e| e.id == id).expect("event claimable");
-    s.inbox_complete(id, e.attempts, EventResult::Apply(Box::new(n)), at).await.unwrap()
+    let out = s
+        .inbox_insert(vec![ev(app, dedupe, call, None, at)])
+        .await
+        .unwrap();
+    let InsertOutcome::Inserted(id) = out[0] else {
+        panic!("duplicate {dedupe}")
+    };
+    let claimed = s
+        .inbox_claim(100, Duration::from_secs(30), at)
+        .await
+        .unwrap();
+    let e = claimed
+        .iter()
+        .find(|e| e.id == id)
+        .expect("event claimable");
+    s.inbox_complete(id, e.attempts, EventResult::Apply(Box::new(n)), at)
+        .await
+        .unwrap()
 }
 
 /// App CRUD, key issue/rotate/revoke with audit rows, inactive and unknown apps, grace period.
@@ -118,48 +159,121 @@ pub async fn apps_and_keys(s: Arc<dyn Store>) {
     assert_eq!(all.total, 2);
     assert!(all.items.iter().any(|x| x.id == b.id));
 
-    let m = s.find_app_by_key(&key("a1").lookup, t0()).await.unwrap().unwrap();
+    let m = s
+        .find_app_by_key(&key("a1").lookup, t0())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.app.id, a.id);
     assert!(m.current);
-    assert!(s.find_app_by_key(&key("zz").lookup, t0()).await.unwrap().is_none());
+    assert!(
+        s.find_app_by_key(&key("zz").lookup, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // rotate without grace: old key stops working at once
     let out = s
-        .change_key(a.id, KeyChange::Issue { key: key("a2"), grace_until: None }, AuditContext::default(), t0() + secs(10))
+        .change_key(
+            a.id,
+            KeyChange::Issue {
+                key: key("a2"),
+                grace_until: None,
+            },
+            AuditContext::default(),
+            t0() + secs(10),
+        )
         .await
         .unwrap();
     assert_eq!(out.audit.action, AuditAction::Rotated);
     assert_eq!(out.audit.old_key_hint.as_deref(), Some("raw_a1...a1"));
     assert_eq!(out.audit.new_key_hint.as_deref(), Some("raw_a2...a2"));
     assert_eq!(out.app.api_key_issued_at, Some(t0() + secs(10)));
-    assert!(s.find_app_by_key(&key("a1").lookup, t0() + secs(11)).await.unwrap().is_none());
-    assert!(s.find_app_by_key(&key("a2").lookup, t0() + secs(11)).await.unwrap().is_some());
+    assert!(
+        s.find_app_by_key(&key("a1").lookup, t0() + secs(11))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_app_by_key(&key("a2").lookup, t0() + secs(11))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // rotate with grace: previous key valid until the deadline only
     s.change_key(
         a.id,
-        KeyChange::Issue { key: key("a3"), grace_until: Some(t0() + secs(100)) },
+        KeyChange::Issue {
+            key: key("a3"),
+            grace_until: Some(t0() + secs(100)),
+        },
         AuditContext::default(),
         t0() + secs(20),
     )
     .await
     .unwrap();
-    let prev = s.find_app_by_key(&key("a2").lookup, t0() + secs(50)).await.unwrap().unwrap();
+    let prev = s
+        .find_app_by_key(&key("a2").lookup, t0() + secs(50))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!prev.current);
-    assert!(s.find_app_by_key(&key("a2").lookup, t0() + secs(101)).await.unwrap().is_none());
+    assert!(
+        s.find_app_by_key(&key("a2").lookup, t0() + secs(101))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // revoke: nothing authenticates, audit revoked, issue afterwards is "created"
-    let r = s.change_key(a.id, KeyChange::Revoke, AuditContext::default(), t0() + secs(30)).await.unwrap();
+    let r = s
+        .change_key(
+            a.id,
+            KeyChange::Revoke,
+            AuditContext::default(),
+            t0() + secs(30),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.audit.action, AuditAction::Revoked);
     assert_eq!(r.audit.old_key_hint.as_deref(), Some("raw_a3...a3"));
     assert!(!r.app.has_key);
     assert_eq!(r.app.api_key_hint, None);
-    assert!(s.find_app_by_key(&key("a3").lookup, t0() + secs(31)).await.unwrap().is_none());
-    assert!(s.find_app_by_key(&key("a2").lookup, t0() + secs(31)).await.unwrap().is_none());
-    let r2 = s.change_key(a.id, KeyChange::Revoke, AuditContext::default(), t0() + secs(31)).await.unwrap();
+    assert!(
+        s.find_app_by_key(&key("a3").lookup, t0() + secs(31))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_app_by_key(&key("a2").lookup, t0() + secs(31))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r2 = s
+        .change_key(
+            a.id,
+            KeyChange::Revoke,
+            AuditContext::default(),
+            t0() + secs(31),
+        )
+        .await
+        .unwrap();
     assert_eq!(r2.audit.old_key_hint, None);
     let c = s
-        .change_key(a.id, KeyChange::Issue { key: key("a4"), grace_until: None }, AuditContext::default(), t0() + secs(40))
+        .change_key(
+            a.id,
+            KeyChange::Issue {
+                key: key("a4"),
+                grace_until: None,
+            },
+            AuditContext::default(),
+            t0() + secs(40),
+        )
         .await
         .unwrap();
     assert_eq!(c.audit.action, AuditAction::Created);
@@ -169,31 +283,74 @@ pub async fn apps_and_keys(s: Arc<dyn Store>) {
     assert_eq!(audit.total, 6);
     let actions: Vec<AuditAction> = audit.items.iter().map(|e| e.action).collect();
     use AuditAction::*;
-    assert_eq!(actions, vec![Created, Revoked, Revoked, Rotated, Rotated, Created]);
+    assert_eq!(
+        actions,
+        vec![Created, Revoked, Revoked, Rotated, Rotated, Created]
+    );
     let paged = s.list_audit(a.id, PageRequest::new(2, 1)).await.unwrap();
     assert_eq!(paged.items.len(), 2);
     assert_eq!(paged.items[0].action, Revoked);
-    assert_eq!(s.list_audit(b.id, PageRequest::new(50, 0)).await.unwrap().total, 1);
+    assert_eq!(
+        s.list_audit(b.id, PageRequest::new(50, 0))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
 
     // deactivate: issuing is refused, revoking allowed; inactive apps are still found by key
     let upd = s
-        .update_app(b.id, AppPatch { is_active: Some(false), name: Some("B2".into()) }, t0() + secs(5))
+        .update_app(
+            b.id,
+            AppPatch {
+                is_active: Some(false),
+                name: Some("B2".into()),
+            },
+            t0() + secs(5),
+        )
         .await
         .unwrap()
         .unwrap();
     assert!(!upd.is_active);
     assert_eq!(upd.name, "B2");
-    let found = s.find_app_by_key(&key("b1").lookup, t0()).await.unwrap().unwrap();
+    let found = s
+        .find_app_by_key(&key("b1").lookup, t0())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!found.app.is_active);
     let err = s
-        .change_key(b.id, KeyChange::Issue { key: key("b2"), grace_until: None }, AuditContext::default(), t0())
+        .change_key(
+            b.id,
+            KeyChange::Issue {
+                key: key("b2"),
+                grace_until: None,
+            },
+            AuditContext::default(),
+            t0(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Inactive), "{err:?}");
-    s.change_key(b.id, KeyChange::Revoke, AuditContext::default(), t0()).await.unwrap();
-    let err = s.change_key(AppId::new(), KeyChange::Revoke, AuditContext::default(), t0()).await.unwrap_err();
+    s.change_key(b.id, KeyChange::Revoke, AuditContext::default(), t0())
+        .await
+        .unwrap();
+    let err = s
+        .change_key(
+            AppId::new(),
+            KeyChange::Revoke,
+            AuditContext::default(),
+            t0(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
-    assert!(s.update_app(AppId::new(), AppPatch::default(), t0()).await.unwrap().is_none());
+    assert!(
+        s.update_app(AppId::new(), AppPatch::default(), t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Concurrent rotations serialise: the audit hint chain is unbroken and the last key wins.
@@ -205,7 +362,10 @@ pub async fn concurrent_key_rotation(s: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             s.change_key(
                 a.id,
-                KeyChange::Issue { key: key(&format!("d{i}")), grace_until: None },
+                KeyChange::Issue {
+                    key: key(&format!("d{i}")),
+                    grace_until: None,
+                },
                 AuditContext::default(),
                 t0() + secs(i),
             )
@@ -220,14 +380,22 @@ pub async fn concurrent_key_rotation(s: Arc<dyn Store>) {
     assert_eq!(audit.total, 6);
     // newest first: each row's old hint is the next (older) row's new hint
     for w in audit.items.windows(2) {
-        assert_eq!(w[0].old_key_hint, w[1].new_key_hint, "hint chain broken: {:?}", audit.items);
+        assert_eq!(
+            w[0].old_key_hint, w[1].new_key_hint,
+            "hint chain broken: {:?}",
+            audit.items
+        );
     }
     let newest = audit.items[0].new_key_hint.clone().unwrap();
     let app = s.get_app(a.id).await.unwrap().unwrap();
     assert_eq!(app.api_key_hint.as_deref(), Some(newest.as_str()));
     let mut valid = 0;
     for i in 0..=5 {
-        if s.find_app_by_key(&key(&format!("d{i}")).lookup, t0() + secs(60)).await.unwrap().is_some() {
+        if s.find_app_by_key(&key(&format!("d{i}")).lookup, t0() + secs(60))
+            .await
+            .unwrap()
+            .is_some()
+        {
             valid += 1;
         }
     }
@@ -241,43 +409,110 @@ pub async fn legacy_key_backfill(s: Arc<dyn Store>) {
     // for an unknown app or mismatching hash is a harmless no-op.
     assert!(s.legacy_keys().await.unwrap().is_empty());
     let a = new_app(&s, "A", "a1").await;
-    s.backfill_key(a.id, "$2b$10$notthehash", key("x")).await.unwrap();
-    s.backfill_key(AppId::new(), "$2b$10$x", key("y")).await.unwrap();
-    assert!(s.find_app_by_key(&key("x").lookup, t0()).await.unwrap().is_none());
-    assert!(s.find_app_by_key(&key("a1").lookup, t0()).await.unwrap().is_some());
+    s.backfill_key(a.id, "$2b$10$notthehash", key("x"))
+        .await
+        .unwrap();
+    s.backfill_key(AppId::new(), "$2b$10$x", key("y"))
+        .await
+        .unwrap();
+    assert!(
+        s.find_app_by_key(&key("x").lookup, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_app_by_key(&key("a1").lookup, t0())
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// App B never sees or changes app A's rows.
 pub async fn tenant_isolation(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
     let b = new_app(&s, "B", "b").await;
-    process(&s, a.id, "a-ring", call_norm(CtiEvent::CallRinging, 1001, 1, Some(12345)), t0()).await;
+    process(
+        &s,
+        a.id,
+        "a-ring",
+        call_norm(CtiEvent::CallRinging, 1001, 1, Some(12345)),
+        t0(),
+    )
+    .await;
     // the same Dialpad call id for B is a different record
-    process(&s, b.id, "b-ring", call_norm(CtiEvent::CallRinging, 1001, 2, None), t0()).await;
-    process(&s, b.id, "b-end", call_norm(CtiEvent::CallEnded, 1001, 3, None), t0()).await;
-    let ca = s.get_call_by_dialpad_id(a.id, DialpadId(1001)).await.unwrap().unwrap();
-    let cb = s.get_call_by_dialpad_id(b.id, DialpadId(1001)).await.unwrap().unwrap();
+    process(
+        &s,
+        b.id,
+        "b-ring",
+        call_norm(CtiEvent::CallRinging, 1001, 2, None),
+        t0(),
+    )
+    .await;
+    process(
+        &s,
+        b.id,
+        "b-end",
+        call_norm(CtiEvent::CallEnded, 1001, 3, None),
+        t0(),
+    )
+    .await;
+    let ca = s
+        .get_call_by_dialpad_id(a.id, DialpadId(1001))
+        .await
+        .unwrap()
+        .unwrap();
+    let cb = s
+        .get_call_by_dialpad_id(b.id, DialpadId(1001))
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(ca.id, cb.id);
     assert_eq!(ca.status, CallStatus::Ringing);
     assert_eq!(cb.status, CallStatus::Ended);
     assert!(s.get_call(b.id, ca.id).await.unwrap().is_none());
-    assert_eq!(s.list_calls(b.id, &CallFilter::default(), PageRequest::new(50, 0)).await.unwrap().total, 1);
+    assert_eq!(
+        s.list_calls(b.id, &CallFilter::default(), PageRequest::new(50, 0))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
 
     let msg = Normalized {
         event: CtiEvent::SmsReceived,
         call: None,
         voicemail: None,
-        message: Some(MessageUpdate { dialpad_message_id: Some(DialpadId(5001)), text: Some("Hello".into()), ..Default::default() }),
+        message: Some(MessageUpdate {
+            dialpad_message_id: Some(DialpadId(5001)),
+            text: Some("Hello".into()),
+            ..Default::default()
+        }),
     };
     process(&s, a.id, "a-sms", msg, t0()).await;
-    let ma = s.list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0)).await.unwrap();
+    let ma = s
+        .list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
     assert_eq!(ma.total, 1);
     assert!(s.get_message(b.id, ma.items[0].id).await.unwrap().is_none());
-    assert_eq!(s.list_messages(b.id, &MessageFilter::default(), PageRequest::new(10, 0)).await.unwrap().total, 0);
+    assert_eq!(
+        s.list_messages(b.id, &MessageFilter::default(), PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        0
+    );
 
     let vm = Normalized {
         event: CtiEvent::VoicemailReceived,
-        call: Some(CallUpdate { dialpad_call_id: Some(DialpadId(1010)), status: Some(CallStatus::Voicemail), event_ms: 5, ..Default::default() }),
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(1010)),
+            status: Some(CallStatus::Voicemail),
+            event_ms: 5,
+            ..Default::default()
+        }),
         voicemail: Some(VoicemailUpdate {
             dialpad_call_id: Some(DialpadId(1010)),
             recording_url: Some("https://files.example.com/vm.mp3".into()),
@@ -286,25 +521,56 @@ pub async fn tenant_isolation(s: Arc<dyn Store>) {
         message: None,
     };
     process(&s, a.id, "a-vm", vm, t0()).await;
-    let va = s.list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0)).await.unwrap();
+    let va = s
+        .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
     assert_eq!(va.total, 1);
     let vid = va.items[0].id;
     assert!(s.get_voicemail(b.id, vid).await.unwrap().is_none());
     assert!(!s.delete_voicemail(b.id, vid).await.unwrap());
     assert!(s.get_voicemail(a.id, vid).await.unwrap().is_some());
 
-    let m = s.upsert_mapping(a.id, DialpadId(777), "crm_7", t0()).await.unwrap();
-    assert!(s.get_mapping_by_dialpad(b.id, DialpadId(777)).await.unwrap().is_none());
+    let m = s
+        .upsert_mapping(a.id, DialpadId(777), "crm_7", t0())
+        .await
+        .unwrap();
+    assert!(
+        s.get_mapping_by_dialpad(b.id, DialpadId(777))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(!s.delete_mapping(b.id, m.id).await.unwrap());
-    assert!(!s.delete_mapping_by_dialpad(b.id, DialpadId(777)).await.unwrap());
-    assert!(s.get_mapping_by_dialpad(a.id, DialpadId(777)).await.unwrap().is_some());
+    assert!(
+        !s.delete_mapping_by_dialpad(b.id, DialpadId(777))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.get_mapping_by_dialpad(a.id, DialpadId(777))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
-    let out = s.inbox_insert(vec![ev(a.id, "x", None, None, t0())]).await.unwrap();
-    let InsertOutcome::Inserted(eid) = out[0] else { panic!() };
+    let out = s
+        .inbox_insert(vec![ev(a.id, "x", None, None, t0())])
+        .await
+        .unwrap();
+    let InsertOutcome::Inserted(eid) = out[0] else {
+        panic!()
+    };
     assert!(s.inbox_get(Some(b.id), eid).await.unwrap().is_none());
     assert!(s.inbox_get(Some(a.id), eid).await.unwrap().is_some());
     assert!(!s.inbox_redrive(Some(b.id), eid, t0()).await.unwrap());
-    assert!(s.events_since(b.id, 0, 100).await.unwrap().iter().all(|e| e.app_id == b.id));
+    assert!(
+        s.events_since(b.id, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.app_id == b.id)
+    );
 }
 
 /// `(app_id, dedupe_key)` is unique per tenant, also inside one batch; payload ids stay exact.
@@ -313,14 +579,22 @@ pub async fn inbox_dedupe_per_tenant(s: Arc<dyn Store>) {
     let b = new_app(&s, "B", "b").await;
     let first = ev(a.id, "k1", Some(1), None, t0());
     let out = s
-        .inbox_insert(vec![first.clone(), ev(a.id, "k1", Some(1), None, t0()), ev(b.id, "k1", Some(1), None, t0()), ev(a.id, "k2", Some(1), None, t0())])
+        .inbox_insert(vec![
+            first.clone(),
+            ev(a.id, "k1", Some(1), None, t0()),
+            ev(b.id, "k1", Some(1), None, t0()),
+            ev(a.id, "k2", Some(1), None, t0()),
+        ])
         .await
         .unwrap();
     assert_eq!(out[0], InsertOutcome::Inserted(first.id));
     assert_eq!(out[1], InsertOutcome::Duplicate(first.id));
     assert!(matches!(out[2], InsertOutcome::Inserted(_)));
     assert!(matches!(out[3], InsertOutcome::Inserted(_)));
-    let again = s.inbox_insert(vec![ev(a.id, "k1", Some(1), None, t0())]).await.unwrap();
+    let again = s
+        .inbox_insert(vec![ev(a.id, "k1", Some(1), None, t0())])
+        .await
+        .unwrap();
     assert_eq!(again[0], InsertOutcome::Duplicate(first.id));
     let got = s.inbox_get(None, first.id).await.unwrap().unwrap();
     assert_eq!(got.status, EventStatus::Pending);
@@ -337,52 +611,103 @@ pub async fn inbox_dedupe_per_tenant(s: Arc<dyn Store>) {
 /// worker's completion is refused.
 pub async fn claim_lease_and_expiry(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
-    s.inbox_insert(vec![ev(a.id, "k", None, None, t0())]).await.unwrap();
+    s.inbox_insert(vec![ev(a.id, "k", None, None, t0())])
+        .await
+        .unwrap();
     let lease = Duration::from_secs(30);
     let c1 = s.inbox_claim(10, lease, t0()).await.unwrap();
     assert_eq!(c1.len(), 1);
     assert_eq!(c1[0].status, EventStatus::Processing);
     assert_eq!(c1[0].attempts, 1);
     assert_eq!(c1[0].locked_until, Some(t0() + secs(30)));
-    assert!(s.inbox_claim(10, lease, t0() + secs(29)).await.unwrap().is_empty());
+    assert!(
+        s.inbox_claim(10, lease, t0() + secs(29))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let c2 = s.inbox_claim(10, lease, t0() + secs(31)).await.unwrap();
     assert_eq!(c2.len(), 1);
     assert_eq!(c2[0].attempts, 2);
-    let stale = s.inbox_complete(c1[0].id, 1, EventResult::Ignored("x".into()), t0() + secs(32)).await;
+    let stale = s
+        .inbox_complete(
+            c1[0].id,
+            1,
+            EventResult::Ignored("x".into()),
+            t0() + secs(32),
+        )
+        .await;
     assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
-    let stale = s.inbox_fail(c1[0].id, 1, "boom", None, t0() + secs(32)).await;
+    let stale = s
+        .inbox_fail(c1[0].id, 1, "boom", None, t0() + secs(32))
+        .await;
     assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
-    s.inbox_complete(c2[0].id, 2, EventResult::Ignored("unknown_state".into()), t0() + secs(33)).await.unwrap();
+    s.inbox_complete(
+        c2[0].id,
+        2,
+        EventResult::Ignored("unknown_state".into()),
+        t0() + secs(33),
+    )
+    .await
+    .unwrap();
     let e = s.inbox_get(None, c2[0].id).await.unwrap().unwrap();
     assert_eq!(e.status, EventStatus::Ignored);
     assert_eq!(e.processed_at, Some(t0() + secs(33)));
-    assert!(s.inbox_claim(10, lease, t0() + secs(100)).await.unwrap().is_empty());
+    assert!(
+        s.inbox_claim(10, lease, t0() + secs(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.inbox_stats().await.unwrap().ignored, 1);
 }
 
 /// Failed events wait for their backoff; `None` dead-letters; re-drive resets attempts.
 pub async fn retry_backoff_dead_letter_redrive(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
-    s.inbox_insert(vec![ev(a.id, "k", None, None, t0())]).await.unwrap();
+    s.inbox_insert(vec![ev(a.id, "k", None, None, t0())])
+        .await
+        .unwrap();
     let lease = Duration::from_secs(30);
     let c = s.inbox_claim(10, lease, t0()).await.unwrap();
-    s.inbox_fail(c[0].id, 1, "db timeout", Some(t0() + secs(2)), t0()).await.unwrap();
+    s.inbox_fail(c[0].id, 1, "db timeout", Some(t0() + secs(2)), t0())
+        .await
+        .unwrap();
     let e = s.inbox_get(None, c[0].id).await.unwrap().unwrap();
     assert_eq!(e.status, EventStatus::Failed);
     assert_eq!(e.last_error.as_deref(), Some("db timeout"));
     assert_eq!(e.next_attempt_at, t0() + secs(2));
-    assert!(s.inbox_claim(10, lease, t0() + secs(1)).await.unwrap().is_empty());
+    assert!(
+        s.inbox_claim(10, lease, t0() + secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let st = s.inbox_stats().await.unwrap();
     assert_eq!((st.failed, st.unprocessed), (1, 1));
     let c = s.inbox_claim(10, lease, t0() + secs(2)).await.unwrap();
     assert_eq!(c[0].attempts, 2);
-    s.inbox_fail(c[0].id, 2, "still broken", None, t0() + secs(3)).await.unwrap();
+    s.inbox_fail(c[0].id, 2, "still broken", None, t0() + secs(3))
+        .await
+        .unwrap();
     let e = s.inbox_get(None, c[0].id).await.unwrap().unwrap();
     assert_eq!(e.status, EventStatus::Dead);
-    assert!(s.inbox_claim(10, lease, t0() + secs(1000)).await.unwrap().is_empty());
+    assert!(
+        s.inbox_claim(10, lease, t0() + secs(1000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.inbox_stats().await.unwrap().dead, 1);
-    assert!(s.inbox_redrive(Some(a.id), e.id, t0() + secs(5)).await.unwrap());
-    assert!(!s.inbox_redrive(None, e.id, t0() + secs(5)).await.unwrap(), "pending is not re-drivable");
+    assert!(
+        s.inbox_redrive(Some(a.id), e.id, t0() + secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_redrive(None, e.id, t0() + secs(5)).await.unwrap(),
+        "pending is not re-drivable"
+    );
     assert!(!s.inbox_redrive(None, Uuid::new_v4(), t0()).await.unwrap());
     let e = s.inbox_get(None, e.id).await.unwrap().unwrap();
     assert_eq!((e.status, e.attempts), (EventStatus::Pending, 0));
@@ -406,11 +731,27 @@ pub async fn per_call_ordering(s: Arc<dyn Store>) {
     .unwrap();
     let c = s.inbox_claim(10, lease, t0() + secs(10)).await.unwrap();
     let keys: HashSet<&str> = c.iter().map(|e| e.dedupe_key.as_str()).collect();
-    assert_eq!(keys, HashSet::from(["ring", "other", "sms"]), "one event per call, earliest first");
+    assert_eq!(
+        keys,
+        HashSet::from(["ring", "other", "sms"]),
+        "one event per call, earliest first"
+    );
     // call 7 is busy: its second event is not claimable while the lease holds
-    assert!(s.inbox_claim(10, lease, t0() + secs(11)).await.unwrap().is_empty());
+    assert!(
+        s.inbox_claim(10, lease, t0() + secs(11))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let ring = c.iter().find(|e| e.dedupe_key == "ring").unwrap();
-    s.inbox_complete(ring.id, ring.attempts, EventResult::Ignored("t".into()), t0() + secs(12)).await.unwrap();
+    s.inbox_complete(
+        ring.id,
+        ring.attempts,
+        EventResult::Ignored("t".into()),
+        t0() + secs(12),
+    )
+    .await
+    .unwrap();
     let c2 = s.inbox_claim(10, lease, t0() + secs(12)).await.unwrap();
     assert_eq!(c2.len(), 1);
     assert_eq!(c2[0].dedupe_key, "hangup");
@@ -421,7 +762,19 @@ pub async fn concurrent_claims_are_exclusive(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
     let n = 300;
     let batch: Vec<NewInboxEvent> = (0..n)
-        .map(|i| ev(a.id, &format!("e{i}"), if i % 3 == 0 { None } else { Some(10_000 + i as u64) }, Some(i), t0()))
+        .map(|i| {
+            ev(
+                a.id,
+                &format!("e{i}"),
+                if i % 3 == 0 {
+                    None
+                } else {
+                    Some(10_000 + i as u64)
+                },
+                Some(i),
+                t0(),
+            )
+        })
         .collect();
     s.inbox_insert(batch).await.unwrap();
     let mut tasks = Vec::new();
@@ -430,12 +783,22 @@ pub async fn concurrent_claims_are_exclusive(s: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let c = s.inbox_claim(7, Duration::from_secs(300), t0() + secs(1)).await.unwrap();
+                let c = s
+                    .inbox_claim(7, Duration::from_secs(300), t0() + secs(1))
+                    .await
+                    .unwrap();
                 if c.is_empty() {
                     break;
                 }
                 for e in c {
-                    s.inbox_complete(e.id, e.attempts, EventResult::Ignored("t".into()), t0() + secs(1)).await.unwrap();
+                    s.inbox_complete(
+                        e.id,
+                        e.attempts,
+                        EventResult::Ignored("t".into()),
+                        t0() + secs(1),
+                    )
+                    .await
+                    .unwrap();
                     mine.push(e.id);
                 }
             }
@@ -457,8 +820,17 @@ pub async fn concurrent_claims_are_exclusive(s: Arc<dyn Store>) {
 pub async fn complete_applies_and_publishes(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
     let b = new_app(&s, "B", "b").await;
-    s.upsert_mapping(a.id, DialpadId(12345), "crm_1", t0()).await.unwrap();
-    let p1 = process(&s, a.id, "ring", call_norm(CtiEvent::CallRinging, 3001, 100, Some(12345)), t0()).await;
+    s.upsert_mapping(a.id, DialpadId(12345), "crm_1", t0())
+        .await
+        .unwrap();
+    let p1 = process(
+        &s,
+        a.id,
+        "ring",
+        call_norm(CtiEvent::CallRinging, 3001, 100, Some(12345)),
+        t0(),
+    )
+    .await;
     assert_eq!(p1.len(), 1);
     assert_eq!((p1[0].seq, p1[0].event.as_str()), (1, "call.ring"));
     assert_eq!(p1[0].target_crm_user.as_deref(), Some("crm_1"));
@@ -476,16 +848,34 @@ pub async fn complete_applies_and_publishes(s: Arc<dyn Store>) {
     assert_eq!(p2[0].target_crm_user.as_deref(), Some("crm_1"));
     assert_eq!(p2[0].payload["duration_seconds"], 120);
     // a late ring neither resurrects the call nor publishes anything
-    let p3 = process(&s, a.id, "late-ring", call_norm(CtiEvent::CallRinging, 3001, 50, Some(12345)), t0() + secs(2)).await;
+    let p3 = process(
+        &s,
+        a.id,
+        "late-ring",
+        call_norm(CtiEvent::CallRinging, 3001, 50, Some(12345)),
+        t0() + secs(2),
+    )
+    .await;
     assert!(p3.is_empty());
-    let c = s.get_call_by_dialpad_id(a.id, DialpadId(3001)).await.unwrap().unwrap();
+    let c = s
+        .get_call_by_dialpad_id(a.id, DialpadId(3001))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c.status, CallStatus::Ended);
     assert_eq!(c.from_number.as_deref(), Some("+15550001111"));
     assert_eq!(c.duration_seconds, Some(120));
     assert_eq!(c.ended_at, Some(t0() + secs(120)));
     assert_eq!(c.merge_log.first.get(&CallStatus::Ringing), Some(&50));
     // other app numbers independently
-    let pb = process(&s, b.id, "ring", call_norm(CtiEvent::CallRinging, 1, 1, None), t0()).await;
+    let pb = process(
+        &s,
+        b.id,
+        "ring",
+        call_norm(CtiEvent::CallRinging, 1, 1, None),
+        t0(),
+    )
+    .await;
     assert_eq!(pb[0].seq, 1);
     assert_eq!(pb[0].target_crm_user, None);
     let since = s.events_since(a.id, 0, 100).await.unwrap();
@@ -510,7 +900,11 @@ pub async fn call_pagination_and_filters(s: Arc<dyn Store>) {
         let mut n = call_norm(CtiEvent::CallStarted, *call, 10, None);
         if let Some(c) = n.call.as_mut() {
             c.started_at = Some(t0() + secs(i as i64 + 1));
-            c.direction = Some(if i == 0 { Direction::Outbound } else { Direction::Inbound });
+            c.direction = Some(if i == 0 {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            });
         }
         process(&s, a.id, &format!("s{call}"), n, t0() + secs(i as i64)).await;
     }
@@ -520,31 +914,91 @@ pub async fn call_pagination_and_filters(s: Arc<dyn Store>) {
         c.to_number = Some("+15550009999".into());
     }
     process(&s, a.id, "e4004", no_start, t0() + secs(9)).await;
-    let ids = |p: &Page<Call>| p.items.iter().map(|c| c.dialpad_call_id.0).collect::<Vec<_>>();
+    let ids = |p: &Page<Call>| {
+        p.items
+            .iter()
+            .map(|c| c.dialpad_call_id.0)
+            .collect::<Vec<_>>()
+    };
     let all = CallFilter::default();
-    let p = s.list_calls(a.id, &all, PageRequest::new(2, 0)).await.unwrap();
+    let p = s
+        .list_calls(a.id, &all, PageRequest::new(2, 0))
+        .await
+        .unwrap();
     assert_eq!((ids(&p), p.total), (vec![4003, 4002], 4));
     assert!(p.has_more(PageRequest::new(2, 0)));
-    let p = s.list_calls(a.id, &all, PageRequest::new(2, 2)).await.unwrap();
+    let p = s
+        .list_calls(a.id, &all, PageRequest::new(2, 2))
+        .await
+        .unwrap();
     assert_eq!(ids(&p), vec![4001, 4004], "NULL started_at sorts last");
-    let p = s.list_calls(a.id, &all, PageRequest::new(50, 4)).await.unwrap();
+    let p = s
+        .list_calls(a.id, &all, PageRequest::new(50, 4))
+        .await
+        .unwrap();
     assert!(p.items.is_empty());
     assert_eq!(p.total, 4);
-    let live = CallFilter { statuses: Some(vec![CallStatus::Ringing, CallStatus::Active]), ..Default::default() };
-    assert_eq!(ids(&s.list_calls(a.id, &live, PageRequest::new(50, 0)).await.unwrap()), vec![4003, 4002, 4001]);
-    let ended = CallFilter { statuses: Some(vec![CallStatus::Ended]), ..Default::default() };
-    assert_eq!(ids(&s.list_calls(a.id, &ended, PageRequest::new(50, 0)).await.unwrap()), vec![4004]);
-    let outb = CallFilter { direction: Some(Direction::Outbound), ..Default::default() };
-    assert_eq!(ids(&s.list_calls(a.id, &outb, PageRequest::new(50, 0)).await.unwrap()), vec![4001]);
-    let to = CallFilter { to: Some("+15550009999".into()), ..Default::default() };
-    assert_eq!(s.list_calls(a.id, &to, PageRequest::new(50, 0)).await.unwrap().total, 1);
+    let live = CallFilter {
+        statuses: Some(vec![CallStatus::Ringing, CallStatus::Active]),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_calls(a.id, &live, PageRequest::new(50, 0))
+            .await
+            .unwrap()),
+        vec![4003, 4002, 4001]
+    );
+    let ended = CallFilter {
+        statuses: Some(vec![CallStatus::Ended]),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_calls(a.id, &ended, PageRequest::new(50, 0))
+            .await
+            .unwrap()),
+        vec![4004]
+    );
+    let outb = CallFilter {
+        direction: Some(Direction::Outbound),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_calls(a.id, &outb, PageRequest::new(50, 0))
+            .await
+            .unwrap()),
+        vec![4001]
+    );
+    let to = CallFilter {
+        to: Some("+15550009999".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_calls(a.id, &to, PageRequest::new(50, 0))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
     let both = CallFilter {
         from: Some("+15550001111".into()),
         direction: Some(Direction::Inbound),
         ..Default::default()
     };
-    assert_eq!(ids(&s.list_calls(a.id, &both, PageRequest::new(50, 0)).await.unwrap()), vec![4003, 4002, 4004]);
-    let c = s.get_call_by_dialpad_id(a.id, DialpadId(4003)).await.unwrap().unwrap();
+    assert_eq!(
+        ids(&s
+            .list_calls(a.id, &both, PageRequest::new(50, 0))
+            .await
+            .unwrap()),
+        vec![4003, 4002, 4004]
+    );
+    let c = s
+        .get_call_by_dialpad_id(a.id, DialpadId(4003))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.get_call(a.id, c.id).await.unwrap().unwrap(), c);
     assert!(s.get_call(a.id, Uuid::nil()).await.unwrap().is_none());
 }
@@ -553,7 +1007,11 @@ pub async fn call_pagination_and_filters(s: Arc<dyn Store>) {
 pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
     let sms = |id: u64, dir: Direction, user: Option<u64>, sent: i64, status: &str| Normalized {
-        event: if dir == Direction::Inbound { CtiEvent::SmsReceived } else { CtiEvent::SmsSent },
+        event: if dir == Direction::Inbound {
+            CtiEvent::SmsReceived
+        } else {
+            CtiEvent::SmsSent
+        },
         call: None,
         voicemail: None,
         message: Some(MessageUpdate {
@@ -568,9 +1026,23 @@ pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
             message_status: Some(status.into()),
         }),
     };
-    let p = process(&s, a.id, "m1", sms(5001, Direction::Inbound, Some(12345), 1, "pending"), t0()).await;
+    let p = process(
+        &s,
+        a.id,
+        "m1",
+        sms(5001, Direction::Inbound, Some(12345), 1, "pending"),
+        t0(),
+    )
+    .await;
     assert_eq!(p[0].event, "sms.received");
-    let p = process(&s, a.id, "m2", sms(5002, Direction::Outbound, None, 2, "pending"), t0()).await;
+    let p = process(
+        &s,
+        a.id,
+        "m2",
+        sms(5002, Direction::Outbound, None, 2, "pending"),
+        t0(),
+    )
+    .await;
     assert_eq!(p[0].event, "sms.sent");
     // delivery update of a known message: status changes, one sms.delivered
     let mut upd = sms(5002, Direction::Outbound, None, 2, "success");
@@ -578,22 +1050,52 @@ pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
     let p = process(&s, a.id, "m2-status", upd, t0()).await;
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].event, "sms.delivered");
-    let all = s.list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0)).await.unwrap();
+    let all = s
+        .list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
     assert_eq!(all.total, 2);
     assert_eq!(all.items[0].dialpad_message_id, DialpadId(5002));
     assert_eq!(all.items[0].message_status.as_deref(), Some("success"));
     assert_eq!(all.items[1].text.as_deref(), Some("Hi ☎"));
     assert_eq!(all.items[1].to_numbers.len(), 2);
-    let f = MessageFilter { direction: Some(Direction::Outbound), ..Default::default() };
-    assert_eq!(s.list_messages(a.id, &f, PageRequest::new(10, 0)).await.unwrap().total, 1);
-    let f = MessageFilter { dialpad_user_id: Some(DialpadId(12345)), ..Default::default() };
-    let only = s.list_messages(a.id, &f, PageRequest::new(10, 0)).await.unwrap();
+    let f = MessageFilter {
+        direction: Some(Direction::Outbound),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_messages(a.id, &f, PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    let f = MessageFilter {
+        dialpad_user_id: Some(DialpadId(12345)),
+        ..Default::default()
+    };
+    let only = s
+        .list_messages(a.id, &f, PageRequest::new(10, 0))
+        .await
+        .unwrap();
     assert_eq!(only.total, 1);
-    assert_eq!(s.get_message(a.id, only.items[0].id).await.unwrap().unwrap().dialpad_message_id, DialpadId(5001));
+    assert_eq!(
+        s.get_message(a.id, only.items[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .dialpad_message_id,
+        DialpadId(5001)
+    );
 
     let vm = |url: &str, transcript: Option<&str>, user: u64| Normalized {
         event: CtiEvent::VoicemailReceived,
-        call: Some(CallUpdate { dialpad_call_id: Some(DialpadId(1010)), status: Some(CallStatus::Voicemail), event_ms: 9, ..Default::default() }),
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(1010)),
+            status: Some(CallStatus::Voicemail),
+            event_ms: 9,
+            ..Default::default()
+        }),
         voicemail: Some(VoicemailUpdate {
             dialpad_call_id: Some(DialpadId(1010)),
             dialpad_user_id: Some(DialpadId(user)),
@@ -604,18 +1106,50 @@ pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
         }),
         message: None,
     };
-    let p = process(&s, a.id, "vm1", vm("https://f.example/1.mp3", None, 12345), t0()).await;
-    assert_eq!(p.iter().filter(|e| e.event == "voicemail.received").count(), 1);
-    process(&s, a.id, "vm2", vm("https://f.example/1.mp3", Some("Please call back"), 12345), t0() + secs(1)).await;
-    let v = s.list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0)).await.unwrap();
+    let p = process(
+        &s,
+        a.id,
+        "vm1",
+        vm("https://f.example/1.mp3", None, 12345),
+        t0(),
+    )
+    .await;
+    assert_eq!(
+        p.iter().filter(|e| e.event == "voicemail.received").count(),
+        1
+    );
+    process(
+        &s,
+        a.id,
+        "vm2",
+        vm("https://f.example/1.mp3", Some("Please call back"), 12345),
+        t0() + secs(1),
+    )
+    .await;
+    let v = s
+        .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
     assert_eq!(v.total, 1, "one voicemail per (app, call)");
     assert_eq!(v.items[0].transcript.as_deref(), Some("Please call back"));
     assert_eq!(v.items[0].duration_seconds, Some(30));
-    let call = s.get_call_by_dialpad_id(a.id, DialpadId(1010)).await.unwrap().unwrap();
+    let call = s
+        .get_call_by_dialpad_id(a.id, DialpadId(1010))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(call.status, CallStatus::Voicemail);
     assert!(call.is_voicemail);
-    let f = VoicemailFilter { dialpad_user_id: Some(DialpadId(999)) };
-    assert_eq!(s.list_voicemails(a.id, &f, PageRequest::new(10, 0)).await.unwrap().total, 0);
+    let f = VoicemailFilter {
+        dialpad_user_id: Some(DialpadId(999)),
+    };
+    assert_eq!(
+        s.list_voicemails(a.id, &f, PageRequest::new(10, 0))
+            .await
+            .unwrap()
+            .total,
+        0
+    );
     assert!(s.delete_voicemail(a.id, v.items[0].id).await.unwrap());
     assert!(!s.delete_voicemail(a.id, v.items[0].id).await.unwrap());
 }
@@ -623,32 +1157,75 @@ pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
 /// Mapping upsert keeps the row id; batch is all-or-nothing; unknown app is `NotFound`.
 pub async fn mappings(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
-    let m1 = s.upsert_mapping(a.id, DialpadId(777), "crm_7", t0()).await.unwrap();
-    let m2 = s.upsert_mapping(a.id, DialpadId(777), "crm_8", t0() + secs(1)).await.unwrap();
+    let m1 = s
+        .upsert_mapping(a.id, DialpadId(777), "crm_7", t0())
+        .await
+        .unwrap();
+    let m2 = s
+        .upsert_mapping(a.id, DialpadId(777), "crm_8", t0() + secs(1))
+        .await
+        .unwrap();
     assert_eq!(m1.id, m2.id);
     assert_eq!(m2.crm_user_id, "crm_8");
     assert_eq!(m2.updated_at, t0() + secs(1));
-    assert_eq!(s.get_mapping_by_crm(a.id, "crm_8").await.unwrap().unwrap().id, m1.id);
-    assert!(s.get_mapping_by_dialpad(a.id, DialpadId(779)).await.unwrap().is_none());
+    assert_eq!(
+        s.get_mapping_by_crm(a.id, "crm_8")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        m1.id
+    );
+    assert!(
+        s.get_mapping_by_dialpad(a.id, DialpadId(779))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let big = DialpadId(i64::MAX as u64);
     let n = s
-        .upsert_mappings(a.id, &[(DialpadId(801), "crm_a".into()), (big, "crm_b".into())], t0() + secs(2))
+        .upsert_mappings(
+            a.id,
+            &[(DialpadId(801), "crm_a".into()), (big, "crm_b".into())],
+            t0() + secs(2),
+        )
         .await
         .unwrap();
     assert_eq!(n, 2);
-    assert_eq!(s.get_mapping_by_dialpad(a.id, big).await.unwrap().unwrap().crm_user_id, "crm_b");
+    assert_eq!(
+        s.get_mapping_by_dialpad(a.id, big)
+            .await
+            .unwrap()
+            .unwrap()
+            .crm_user_id,
+        "crm_b"
+    );
     let page = s.list_mappings(a.id, PageRequest::new(2, 0)).await.unwrap();
     assert_eq!(page.total, 3);
     assert_eq!(page.items.len(), 2);
     assert_eq!(s.upsert_mappings(a.id, &[], t0()).await.unwrap(), 0);
-    let err = s.upsert_mapping(AppId::new(), DialpadId(1), "x", t0()).await.unwrap_err();
+    let err = s
+        .upsert_mapping(AppId::new(), DialpadId(1), "x", t0())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
-    let err = s.upsert_mappings(AppId::new(), &[(DialpadId(1), "x".into())], t0()).await.unwrap_err();
+    let err = s
+        .upsert_mappings(AppId::new(), &[(DialpadId(1), "x".into())], t0())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
     assert!(s.delete_mapping(a.id, m1.id).await.unwrap());
     assert!(!s.delete_mapping(a.id, m1.id).await.unwrap());
-    assert!(s.delete_mapping_by_dialpad(a.id, DialpadId(801)).await.unwrap());
-    assert!(!s.delete_mapping_by_dialpad(a.id, DialpadId(801)).await.unwrap());
+    assert!(
+        s.delete_mapping_by_dialpad(a.id, DialpadId(801))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.delete_mapping_by_dialpad(a.id, DialpadId(801))
+            .await
+            .unwrap()
+    );
 }
 
 /// Connections (one per app, unique org), org routing only to active apps, webhooks, subscriptions.
@@ -675,11 +1252,32 @@ pub async fn dialpad_connections_webhooks_subscriptions(s: Arc<dyn Store>) {
     assert_eq!(got.access_token_enc, c.access_token_enc);
     assert_eq!(got.token_expires_at, t0() + secs(3600));
     assert_eq!(s.find_app_by_org(DialpadId(org)).await.unwrap(), Some(a.id));
-    let err = s.upsert_connection(conn(b.id, Some(org))).await.unwrap_err();
+    let err = s
+        .upsert_connection(conn(b.id, Some(org)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert!(matches!(s.upsert_connection(conn(AppId::new(), None)).await.unwrap_err(), StoreError::NotFound));
-    s.update_app(a.id, AppPatch { is_active: Some(false), name: None }, t0()).await.unwrap();
-    assert_eq!(s.find_app_by_org(DialpadId(org)).await.unwrap(), None, "inactive apps never route");
+    assert!(matches!(
+        s.upsert_connection(conn(AppId::new(), None))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    ));
+    s.update_app(
+        a.id,
+        AppPatch {
+            is_active: Some(false),
+            name: None,
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.find_app_by_org(DialpadId(org)).await.unwrap(),
+        None,
+        "inactive apps never route"
+    );
     assert!(s.delete_connection(a.id).await.unwrap());
     assert!(!s.delete_connection(a.id).await.unwrap());
 
@@ -698,13 +1296,24 @@ pub async fn dialpad_connections_webhooks_subscriptions(s: Arc<dyn Store>) {
     s.upsert_webhook(hook(b.id, 194, 2)).await.unwrap();
     s.upsert_webhook(hook(b.id, 193, 3)).await.unwrap();
     let hooks = s.list_webhooks(b.id).await.unwrap();
-    assert_eq!(hooks.iter().map(|h| h.webhook_id.0).collect::<Vec<_>>(), vec![193, 194]);
+    assert_eq!(
+        hooks.iter().map(|h| h.webhook_id.0).collect::<Vec<_>>(),
+        vec![193, 194]
+    );
     assert_eq!(hooks[0].secret_enc.as_deref(), Some("v1:k1:secret"));
     assert!(s.list_webhooks(a.id).await.unwrap().is_empty());
-    assert_eq!(s.get_webhook(DialpadId(194)).await.unwrap().unwrap().app_id, b.id);
+    assert_eq!(
+        s.get_webhook(DialpadId(194)).await.unwrap().unwrap().app_id,
+        b.id
+    );
     assert!(s.delete_webhook(DialpadId(194)).await.unwrap());
     assert!(!s.delete_webhook(DialpadId(194)).await.unwrap());
-    assert!(s.get_webhook(DialpadId(999_999_999)).await.unwrap().is_none());
+    assert!(
+        s.get_webhook(DialpadId(999_999_999))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let sub = DialpadSubscription {
         id: Uuid::new_v4(),
@@ -723,9 +1332,25 @@ pub async fn dialpad_connections_webhooks_subscriptions(s: Arc<dyn Store>) {
 /// Retention removes only finished inbox rows and old outbox rows.
 pub async fn purge_and_retention(s: Arc<dyn Store>) {
     let a = new_app(&s, "A", "a").await;
-    process(&s, a.id, "old", call_norm(CtiEvent::CallRinging, 1, 1, None), t0()).await;
-    process(&s, a.id, "new", call_norm(CtiEvent::CallStarted, 1, 2, None), t0() + secs(100)).await;
-    s.inbox_insert(vec![ev(a.id, "pending-old", None, None, t0())]).await.unwrap();
+    process(
+        &s,
+        a.id,
+        "old",
+        call_norm(CtiEvent::CallRinging, 1, 1, None),
+        t0(),
+    )
+    .await;
+    process(
+        &s,
+        a.id,
+        "new",
+        call_norm(CtiEvent::CallStarted, 1, 2, None),
+        t0() + secs(100),
+    )
+    .await;
+    s.inbox_insert(vec![ev(a.id, "pending-old", None, None, t0())])
+        .await
+        .unwrap();
     assert_eq!(s.inbox_purge(t0() + secs(50)).await.unwrap(), 1);
     let st = s.inbox_stats().await.unwrap();
     assert_eq!((st.done, st.unprocessed), (1, 1));

@@ -87,7 +87,10 @@ impl AppStore for MemoryStore {
         if t.apps.contains_key(&new.id) {
             return Err(StoreError::Conflict("app id exists".into()));
         }
-        if t.apps.values().any(|r| r.lookup.as_deref() == Some(&new.key.lookup)) {
+        if t.apps
+            .values()
+            .any(|r| r.lookup.as_deref() == Some(&new.key.lookup))
+        {
             return Err(StoreError::Conflict("api key exists".into()));
         }
         let app = App {
@@ -102,7 +105,13 @@ impl AppStore for MemoryStore {
         };
         t.apps.insert(
             app.id,
-            AppRow { app: app.clone(), lookup: Some(new.key.lookup), legacy_hash: None, prev_lookup: None, last_seq: 0 },
+            AppRow {
+                app: app.clone(),
+                lookup: Some(new.key.lookup),
+                legacy_hash: None,
+                prev_lookup: None,
+                last_seq: 0,
+            },
         );
         t.audit.push(AuditEntry {
             id: Uuid::new_v4(),
@@ -127,7 +136,12 @@ impl AppStore for MemoryStore {
         Ok(page(apps, req))
     }
 
-    async fn update_app(&self, id: AppId, patch: AppPatch, now: Timestamp) -> StoreResult<Option<App>> {
+    async fn update_app(
+        &self,
+        id: AppId,
+        patch: AppPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<App>> {
         let mut t = self.t.lock();
         let Some(row) = t.apps.get_mut(&id) else {
             return Ok(None);
@@ -146,13 +160,19 @@ impl AppStore for MemoryStore {
         let t = self.t.lock();
         for r in t.apps.values() {
             if r.lookup.as_deref() == Some(lookup) {
-                return Ok(Some(KeyMatch { app: r.app.clone(), current: true }));
+                return Ok(Some(KeyMatch {
+                    app: r.app.clone(),
+                    current: true,
+                }));
             }
             if let Some((l, until)) = &r.prev_lookup
                 && l == lookup
                 && *until > now
             {
-                return Ok(Some(KeyMatch { app: r.app.clone(), current: false }));
+                return Ok(Some(KeyMatch {
+                    app: r.app.clone(),
+                    current: false,
+                }));
             }
         }
         Ok(None)
@@ -163,7 +183,12 @@ impl AppStore for MemoryStore {
         Ok(t.apps
             .values()
             .filter(|r| r.app.is_active && r.lookup.is_none())
-            .filter_map(|r| r.legacy_hash.clone().map(|h| LegacyKey { app: r.app.clone(), bcrypt_hash: h }))
+            .filter_map(|r| {
+                r.legacy_hash.clone().map(|h| LegacyKey {
+                    app: r.app.clone(),
+                    bcrypt_hash: h,
+                })
+            })
             .collect())
     }
 
@@ -179,7 +204,13 @@ impl AppStore for MemoryStore {
         Ok(())
     }
 
-    async fn change_key(&self, id: AppId, change: KeyChange, ctx: AuditContext, now: Timestamp) -> StoreResult<KeyChangeOutcome> {
+    async fn change_key(
+        &self,
+        id: AppId,
+        change: KeyChange,
+        ctx: AuditContext,
+        now: Timestamp,
+    ) -> StoreResult<KeyChangeOutcome> {
         let mut t = self.t.lock();
         let row = t.apps.get_mut(&id).ok_or(StoreError::NotFound)?;
         let had_key = row.lookup.is_some() || row.legacy_hash.is_some();
@@ -198,7 +229,14 @@ impl AppStore for MemoryStore {
                 row.app.api_key_hint = Some(key.hint.clone());
                 row.app.api_key_issued_at = Some(now);
                 row.app.has_key = true;
-                (if had_key { AuditAction::Rotated } else { AuditAction::Created }, Some(key.hint))
+                (
+                    if had_key {
+                        AuditAction::Rotated
+                    } else {
+                        AuditAction::Created
+                    },
+                    Some(key.hint),
+                )
             }
             KeyChange::Revoke => {
                 row.lookup = None;
@@ -228,7 +266,13 @@ impl AppStore for MemoryStore {
     async fn list_audit(&self, id: AppId, req: PageRequest) -> StoreResult<Page<AuditEntry>> {
         let t = self.t.lock();
         // `audit` is in insertion order: newest first = reverse.
-        let rows: Vec<AuditEntry> = t.audit.iter().rev().filter(|a| a.app_id == id).cloned().collect();
+        let rows: Vec<AuditEntry> = t
+            .audit
+            .iter()
+            .rev()
+            .filter(|a| a.app_id == id)
+            .cloned()
+            .collect();
         Ok(page(rows, req))
     }
 }
@@ -249,7 +293,13 @@ impl MemoryStore {
         };
         self.t.lock().apps.insert(
             id,
-            AppRow { app, lookup: None, legacy_hash: Some(bcrypt_hash.into()), prev_lookup: None, last_seq: 0 },
+            AppRow {
+                app,
+                lookup: None,
+                legacy_hash: Some(bcrypt_hash.into()),
+                prev_lookup: None,
+                last_seq: 0,
+            },
         );
     }
 }
@@ -324,7 +374,12 @@ impl InboxStore for MemoryStore {
         Ok(out)
     }
 
-    async fn inbox_claim(&self, limit: usize, lease: Duration, now: Timestamp) -> StoreResult<Vec<InboxEvent>> {
+    async fn inbox_claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InboxEvent>> {
         let mut t = self.t.lock();
         let busy: std::collections::HashSet<(AppId, DialpadId)> = t
             .inbox_order
@@ -334,7 +389,8 @@ impl InboxStore for MemoryStore {
             .filter_map(|e| e.call_id.map(|c| (e.app_id, c)))
             .collect();
         // Earliest due event per call, by (event_timestamp, received_at).
-        let mut per_call: HashMap<(AppId, DialpadId), (Option<i64>, Timestamp, u64, Uuid)> = HashMap::new();
+        let mut per_call: HashMap<(AppId, DialpadId), (Option<i64>, Timestamp, u64, Uuid)> =
+            HashMap::new();
         let mut picked: Vec<(Timestamp, u64, Uuid)> = Vec::new();
         for (&(received, seq), id) in t.inbox_order.iter() {
             let e = &t.inbox[id];
@@ -352,7 +408,9 @@ impl InboxStore for MemoryStore {
                     per_call
                         .entry(k)
                         .and_modify(|cur| {
-                            if (cand.0.unwrap_or(i64::MAX), cand.1, cand.2) < (cur.0.unwrap_or(i64::MAX), cur.1, cur.2) {
+                            if (cand.0.unwrap_or(i64::MAX), cand.1, cand.2)
+                                < (cur.0.unwrap_or(i64::MAX), cur.1, cur.2)
+                            {
                                 *cur = cand;
                             }
                         })
@@ -376,7 +434,13 @@ impl InboxStore for MemoryStore {
         Ok(out)
     }
 
-    async fn inbox_complete(&self, event_id: Uuid, attempt: u32, result: EventResult, now: Timestamp) -> StoreResult<Vec<PublishedEvent>> {
+    async fn inbox_complete(
+        &self,
+        event_id: Uuid,
+        attempt: u32,
+        result: EventResult,
+        now: Timestamp,
+    ) -> StoreResult<Vec<PublishedEvent>> {
         let mut t = self.t.lock();
         let e = t.inbox.get(&event_id).ok_or(StoreError::LeaseLost)?;
         if e.status != EventStatus::Processing || e.attempts != attempt {
@@ -398,7 +462,11 @@ impl InboxStore for MemoryStore {
         let key = call_key(&n);
         let call = key.and_then(|k| t.calls.get(&(app, k)).cloned());
         let voicemail = match (&n.voicemail, key) {
-            (Some(_), Some(k)) => t.voicemails.values().find(|v| v.app_id == app && v.dialpad_call_id == Some(k)).cloned(),
+            (Some(_), Some(k)) => t
+                .voicemails
+                .values()
+                .find(|v| v.app_id == app && v.dialpad_call_id == Some(k))
+                .cloned(),
             _ => None,
         };
         let message = n
@@ -406,8 +474,19 @@ impl InboxStore for MemoryStore {
             .as_ref()
             .and_then(|m| m.dialpad_message_id)
             .and_then(|mid| t.messages.get(&(app, mid)).cloned());
-        let crm_user = target_user(&n, call.as_ref()).and_then(|u| t.mappings.get(&(app, u)).map(|m| m.crm_user_id.clone()));
-        let applied = apply_event(app, &n, Existing { call, voicemail, message, crm_user }, now);
+        let crm_user = target_user(&n, call.as_ref())
+            .and_then(|u| t.mappings.get(&(app, u)).map(|m| m.crm_user_id.clone()));
+        let applied = apply_event(
+            app,
+            &n,
+            Existing {
+                call,
+                voicemail,
+                message,
+                crm_user,
+            },
+            now,
+        );
         if let Some(c) = applied.call {
             t.calls.insert((app, c.dialpad_call_id), c);
         }
@@ -447,7 +526,14 @@ impl InboxStore for MemoryStore {
         Ok(published)
     }
 
-    async fn inbox_fail(&self, event_id: Uuid, attempt: u32, error: &str, retry_at: Option<Timestamp>, now: Timestamp) -> StoreResult<()> {
+    async fn inbox_fail(
+        &self,
+        event_id: Uuid,
+        attempt: u32,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
         let mut t = self.t.lock();
         let e = t.inbox.get_mut(&event_id).ok_or(StoreError::LeaseLost)?;
         if e.status != EventStatus::Processing || e.attempts != attempt {
@@ -471,13 +557,24 @@ impl InboxStore for MemoryStore {
 
     async fn inbox_get(&self, app: Option<AppId>, id: Uuid) -> StoreResult<Option<InboxEvent>> {
         let t = self.t.lock();
-        Ok(t.inbox.get(&id).filter(|e| app.is_none_or(|a| a == e.app_id)).cloned())
+        Ok(t.inbox
+            .get(&id)
+            .filter(|e| app.is_none_or(|a| a == e.app_id))
+            .cloned())
     }
 
-    async fn inbox_redrive(&self, app: Option<AppId>, id: Uuid, now: Timestamp) -> StoreResult<bool> {
+    async fn inbox_redrive(
+        &self,
+        app: Option<AppId>,
+        id: Uuid,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
         let mut t = self.t.lock();
         match t.inbox.get_mut(&id) {
-            Some(e) if app.is_none_or(|a| a == e.app_id) && matches!(e.status, EventStatus::Dead | EventStatus::Failed) => {
+            Some(e)
+                if app.is_none_or(|a| a == e.app_id)
+                    && matches!(e.status, EventStatus::Dead | EventStatus::Failed) =>
+            {
                 e.status = EventStatus::Pending;
                 e.attempts = 0;
                 e.next_attempt_at = now;
@@ -506,8 +603,14 @@ impl InboxStore for MemoryStore {
                 EventStatus::Ignored => s.ignored += 1,
                 EventStatus::Dead => s.dead += 1,
             }
-            if matches!(e.status, EventStatus::Pending | EventStatus::Failed | EventStatus::Processing) {
-                s.oldest_unprocessed_at = Some(s.oldest_unprocessed_at.map_or(e.received_at, |o: Timestamp| o.min(e.received_at)));
+            if matches!(
+                e.status,
+                EventStatus::Pending | EventStatus::Failed | EventStatus::Processing
+            ) {
+                s.oldest_unprocessed_at = Some(
+                    s.oldest_unprocessed_at
+                        .map_or(e.received_at, |o: Timestamp| o.min(e.received_at)),
+                );
             }
         }
         Ok(s)
@@ -518,7 +621,10 @@ impl InboxStore for MemoryStore {
         let gone: Vec<Uuid> = t
             .inbox
             .values()
-            .filter(|e| matches!(e.status, EventStatus::Done | EventStatus::Ignored) && e.received_at < before)
+            .filter(|e| {
+                matches!(e.status, EventStatus::Done | EventStatus::Ignored)
+                    && e.received_at < before
+            })
             .map(|e| e.id)
             .collect();
         for id in &gone {
@@ -532,21 +638,40 @@ impl InboxStore for MemoryStore {
         Ok(gone.len() as u64)
     }
 
-    async fn events_since(&self, app: AppId, after: u64, limit: usize) -> StoreResult<Vec<PublishedEvent>> {
+    async fn events_since(
+        &self,
+        app: AppId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<PublishedEvent>> {
         let t = self.t.lock();
         Ok(t.outbox
             .get(&app)
-            .map(|m| m.range(after + 1..).take(limit).map(|(_, e)| e.clone()).collect())
+            .map(|m| {
+                m.range(after + 1..)
+                    .take(limit)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
     async fn event_heads(&self) -> StoreResult<Vec<(AppId, u64)>> {
         let t = self.t.lock();
-        Ok(t.apps.values().filter(|r| r.last_seq > 0).map(|r| (r.app.id, r.last_seq)).collect())
+        Ok(t.apps
+            .values()
+            .filter(|r| r.last_seq > 0)
+            .map(|r| (r.app.id, r.last_seq))
+            .collect())
     }
 
     async fn oldest_event_seq(&self, app: AppId) -> StoreResult<Option<u64>> {
-        Ok(self.t.lock().outbox.get(&app).and_then(|m| m.keys().next().copied()))
+        Ok(self
+            .t
+            .lock()
+            .outbox
+            .get(&app)
+            .and_then(|m| m.keys().next().copied()))
     }
 
     async fn events_purge(&self, before: Timestamp) -> StoreResult<u64> {
@@ -563,7 +688,12 @@ impl InboxStore for MemoryStore {
 
 #[async_trait]
 impl RecordStore for MemoryStore {
-    async fn list_calls(&self, app: AppId, f: &CallFilter, req: PageRequest) -> StoreResult<Page<Call>> {
+    async fn list_calls(
+        &self,
+        app: AppId,
+        f: &CallFilter,
+        req: PageRequest,
+    ) -> StoreResult<Page<Call>> {
         let t = self.t.lock();
         let mut v: Vec<Call> = t
             .calls
@@ -571,8 +701,15 @@ impl RecordStore for MemoryStore {
             .filter(|c| c.app_id == app)
             .filter(|c| f.statuses.as_ref().is_none_or(|s| s.contains(&c.status)))
             .filter(|c| f.direction.is_none_or(|d| c.direction == Some(d)))
-            .filter(|c| f.from.as_ref().is_none_or(|x| c.from_number.as_ref() == Some(x)))
-            .filter(|c| f.to.as_ref().is_none_or(|x| c.to_number.as_ref() == Some(x)))
+            .filter(|c| {
+                f.from
+                    .as_ref()
+                    .is_none_or(|x| c.from_number.as_ref() == Some(x))
+            })
+            .filter(|c| {
+                f.to.as_ref()
+                    .is_none_or(|x| c.to_number.as_ref() == Some(x))
+            })
             .cloned()
             .collect();
         v.sort_by(|a, b| {
@@ -584,40 +721,83 @@ impl RecordStore for MemoryStore {
     }
 
     async fn get_call(&self, app: AppId, id: Uuid) -> StoreResult<Option<Call>> {
-        Ok(self.t.lock().calls.values().find(|c| c.app_id == app && c.id == id).cloned())
+        Ok(self
+            .t
+            .lock()
+            .calls
+            .values()
+            .find(|c| c.app_id == app && c.id == id)
+            .cloned())
     }
 
-    async fn get_call_by_dialpad_id(&self, app: AppId, call_id: DialpadId) -> StoreResult<Option<Call>> {
+    async fn get_call_by_dialpad_id(
+        &self,
+        app: AppId,
+        call_id: DialpadId,
+    ) -> StoreResult<Option<Call>> {
         Ok(self.t.lock().calls.get(&(app, call_id)).cloned())
     }
 
-    async fn list_messages(&self, app: AppId, f: &MessageFilter, req: PageRequest) -> StoreResult<Page<Message>> {
+    async fn list_messages(
+        &self,
+        app: AppId,
+        f: &MessageFilter,
+        req: PageRequest,
+    ) -> StoreResult<Page<Message>> {
         let t = self.t.lock();
         let mut v: Vec<Message> = t
             .messages
             .values()
             .filter(|m| m.app_id == app)
             .filter(|m| f.direction.is_none_or(|d| m.direction == Some(d)))
-            .filter(|m| f.from.as_ref().is_none_or(|x| m.from_number.as_ref() == Some(x)))
-            .filter(|m| f.to.as_ref().is_none_or(|x| m.to_number.as_ref() == Some(x)))
-            .filter(|m| f.dialpad_user_id.is_none_or(|u| m.dialpad_user_id == Some(u)))
+            .filter(|m| {
+                f.from
+                    .as_ref()
+                    .is_none_or(|x| m.from_number.as_ref() == Some(x))
+            })
+            .filter(|m| {
+                f.to.as_ref()
+                    .is_none_or(|x| m.to_number.as_ref() == Some(x))
+            })
+            .filter(|m| {
+                f.dialpad_user_id
+                    .is_none_or(|u| m.dialpad_user_id == Some(u))
+            })
             .cloned()
             .collect();
-        v.sort_by(|a, b| desc_nulls_last(&a.sent_at, &b.sent_at).then(b.created_at.cmp(&a.created_at)).then(a.id.cmp(&b.id)));
+        v.sort_by(|a, b| {
+            desc_nulls_last(&a.sent_at, &b.sent_at)
+                .then(b.created_at.cmp(&a.created_at))
+                .then(a.id.cmp(&b.id))
+        });
         Ok(page(v, req))
     }
 
     async fn get_message(&self, app: AppId, id: Uuid) -> StoreResult<Option<Message>> {
-        Ok(self.t.lock().messages.values().find(|m| m.app_id == app && m.id == id).cloned())
+        Ok(self
+            .t
+            .lock()
+            .messages
+            .values()
+            .find(|m| m.app_id == app && m.id == id)
+            .cloned())
     }
 
-    async fn list_voicemails(&self, app: AppId, f: &VoicemailFilter, req: PageRequest) -> StoreResult<Page<Voicemail>> {
+    async fn list_voicemails(
+        &self,
+        app: AppId,
+        f: &VoicemailFilter,
+        req: PageRequest,
+    ) -> StoreResult<Page<Voicemail>> {
         let t = self.t.lock();
         let mut v: Vec<Voicemail> = t
             .voicemails
             .values()
             .filter(|v| v.app_id == app)
-            .filter(|v| f.dialpad_user_id.is_none_or(|u| v.dialpad_user_id == Some(u)))
+            .filter(|v| {
+                f.dialpad_user_id
+                    .is_none_or(|u| v.dialpad_user_id == Some(u))
+            })
             .cloned()
             .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
@@ -625,7 +805,13 @@ impl RecordStore for MemoryStore {
     }
 
     async fn get_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<Option<Voicemail>> {
-        Ok(self.t.lock().voicemails.get(&id).filter(|v| v.app_id == app).cloned())
+        Ok(self
+            .t
+            .lock()
+            .voicemails
+            .get(&id)
+            .filter(|v| v.app_id == app)
+            .cloned())
     }
 
     async fn delete_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<bool> {
@@ -640,7 +826,13 @@ impl RecordStore for MemoryStore {
 
 #[async_trait]
 impl MappingStore for MemoryStore {
-    async fn upsert_mapping(&self, app: AppId, user: DialpadId, crm: &str, now: Timestamp) -> StoreResult<UserMapping> {
+    async fn upsert_mapping(
+        &self,
+        app: AppId,
+        user: DialpadId,
+        crm: &str,
+        now: Timestamp,
+    ) -> StoreResult<UserMapping> {
         let mut t = self.t.lock();
         if !t.apps.contains_key(&app) {
             return Err(StoreError::NotFound);
@@ -663,7 +855,12 @@ impl MappingStore for MemoryStore {
         Ok(m.clone())
     }
 
-    async fn upsert_mappings(&self, app: AppId, pairs: &[(DialpadId, String)], now: Timestamp) -> StoreResult<usize> {
+    async fn upsert_mappings(
+        &self,
+        app: AppId,
+        pairs: &[(DialpadId, String)],
+        now: Timestamp,
+    ) -> StoreResult<usize> {
         if !self.t.lock().apps.contains_key(&app) {
             return Err(StoreError::NotFound);
         }
@@ -673,7 +870,11 @@ impl MappingStore for MemoryStore {
         Ok(pairs.len())
     }
 
-    async fn get_mapping_by_dialpad(&self, app: AppId, user: DialpadId) -> StoreResult<Option<UserMapping>> {
+    async fn get_mapping_by_dialpad(
+        &self,
+        app: AppId,
+        user: DialpadId,
+    ) -> StoreResult<Option<UserMapping>> {
         Ok(self.t.lock().mappings.get(&(app, user)).cloned())
     }
 
@@ -688,14 +889,23 @@ impl MappingStore for MemoryStore {
 
     async fn list_mappings(&self, app: AppId, req: PageRequest) -> StoreResult<Page<UserMapping>> {
         let t = self.t.lock();
-        let mut v: Vec<UserMapping> = t.mappings.values().filter(|m| m.app_id == app).cloned().collect();
+        let mut v: Vec<UserMapping> = t
+            .mappings
+            .values()
+            .filter(|m| m.app_id == app)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         Ok(page(v, req))
     }
 
     async fn delete_mapping(&self, app: AppId, id: Uuid) -> StoreResult<bool> {
         let mut t = self.t.lock();
-        let key = t.mappings.iter().find(|(_, m)| m.app_id == app && m.id == id).map(|(k, _)| *k);
+        let key = t
+            .mappings
+            .iter()
+            .find(|(_, m)| m.app_id == app && m.id == id)
+            .map(|(k, _)| *k);
         Ok(key.and_then(|k| t.mappings.remove(&k)).is_some())
     }
 
@@ -712,9 +922,13 @@ impl DialpadStore for MemoryStore {
             return Err(StoreError::NotFound);
         }
         if let Some(org) = conn.dialpad_org_id
-            && t.connections.values().any(|c| c.app_id != conn.app_id && c.dialpad_org_id == Some(org))
+            && t.connections
+                .values()
+                .any(|c| c.app_id != conn.app_id && c.dialpad_org_id == Some(org))
         {
-            return Err(StoreError::Conflict("dialpad org already linked to another app".into()));
+            return Err(StoreError::Conflict(
+                "dialpad org already linked to another app".into(),
+            ));
         }
         t.connections.insert(conn.app_id, conn.clone());
         Ok(conn)
@@ -742,20 +956,32 @@ impl DialpadStore for MemoryStore {
         if !t.apps.contains_key(&hook.app_id) {
             return Err(StoreError::NotFound);
         }
-        t.webhooks.retain(|w| !(w.app_id == hook.app_id && w.webhook_id == hook.webhook_id));
+        t.webhooks
+            .retain(|w| !(w.app_id == hook.app_id && w.webhook_id == hook.webhook_id));
         t.webhooks.push(hook.clone());
         Ok(hook)
     }
 
     async fn list_webhooks(&self, app: AppId) -> StoreResult<Vec<DialpadWebhook>> {
         let t = self.t.lock();
-        let mut v: Vec<DialpadWebhook> = t.webhooks.iter().filter(|w| w.app_id == app).cloned().collect();
+        let mut v: Vec<DialpadWebhook> = t
+            .webhooks
+            .iter()
+            .filter(|w| w.app_id == app)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         Ok(v)
     }
 
     async fn get_webhook(&self, webhook_id: DialpadId) -> StoreResult<Option<DialpadWebhook>> {
-        Ok(self.t.lock().webhooks.iter().find(|w| w.webhook_id == webhook_id).cloned())
+        Ok(self
+            .t
+            .lock()
+            .webhooks
+            .iter()
+            .find(|w| w.webhook_id == webhook_id)
+            .cloned())
     }
 
     async fn delete_webhook(&self, webhook_id: DialpadId) -> StoreResult<bool> {
@@ -765,7 +991,10 @@ impl DialpadStore for MemoryStore {
         Ok(t.webhooks.len() != before)
     }
 
-    async fn insert_subscription(&self, sub: DialpadSubscription) -> StoreResult<DialpadSubscription> {
+    async fn insert_subscription(
+        &self,
+        sub: DialpadSubscription,
+    ) -> StoreResult<DialpadSubscription> {
         let mut t = self.t.lock();
         if !t.apps.contains_key(&sub.app_id) {
             return Err(StoreError::NotFound);
@@ -776,7 +1005,12 @@ impl DialpadStore for MemoryStore {
 
     async fn list_subscriptions(&self, app: AppId) -> StoreResult<Vec<DialpadSubscription>> {
         let t = self.t.lock();
-        let mut v: Vec<DialpadSubscription> = t.subscriptions.iter().filter(|s| s.app_id == app).cloned().collect();
+        let mut v: Vec<DialpadSubscription> = t
+            .subscriptions
+            .iter()
+            .filter(|s| s.app_id == app)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         Ok(v)
     }

@@ -138,7 +138,12 @@ pub trait AppStore: Send + Sync {
     /// Lists apps, newest first.
     async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>>;
     /// Updates name / active flag; `None` when the app does not exist.
-    async fn update_app(&self, id: AppId, patch: AppPatch, now: Timestamp) -> StoreResult<Option<App>>;
+    async fn update_app(
+        &self,
+        id: AppId,
+        patch: AppPatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<App>>;
     /// Finds the app whose current key — or previous key within its grace period at `now` —
     /// has this lookup hash.
     async fn find_app_by_key(&self, lookup: &str, now: Timestamp) -> StoreResult<Option<KeyMatch>>;
@@ -176,7 +181,12 @@ pub trait InboxStore: Send + Sync {
     /// one event per call per claim, the earliest by `(event_timestamp, received_at)`. Safe to
     /// call concurrently from many workers and instances: an event is never handed to two
     /// workers at once.
-    async fn inbox_claim(&self, limit: usize, lease: Duration, now: Timestamp) -> StoreResult<Vec<InboxEvent>>;
+    async fn inbox_claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InboxEvent>>;
 
     /// Finishes a claimed event in one transaction: applies `result` to the records (see
     /// [`apply_event`]), appends the realtime messages to the outbox with the app's next
@@ -207,7 +217,12 @@ pub trait InboxStore: Send + Sync {
     /// Puts a `dead` or `failed` event back to `pending` with `attempts = 0`, due now.
     /// Returns `false` when the event does not exist (or belongs to another app) or is not
     /// dead/failed.
-    async fn inbox_redrive(&self, app: Option<AppId>, id: Uuid, now: Timestamp) -> StoreResult<bool>;
+    async fn inbox_redrive(
+        &self,
+        app: Option<AppId>,
+        id: Uuid,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
 
     /// Counters over the inbox.
     async fn inbox_stats(&self) -> StoreResult<InboxStats>;
@@ -216,7 +231,12 @@ pub trait InboxStore: Send + Sync {
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64>;
 
     /// Outbox messages of `app` with `seq > after`, ascending, at most `limit`.
-    async fn events_since(&self, app: AppId, after: u64, limit: usize) -> StoreResult<Vec<PublishedEvent>>;
+    async fn events_since(
+        &self,
+        app: AppId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<PublishedEvent>>;
 
     /// The last assigned sequence number of every app that has published events.
     async fn event_heads(&self) -> StoreResult<Vec<(AppId, u64)>>;
@@ -265,17 +285,36 @@ pub struct VoicemailFilter {
 #[async_trait]
 pub trait RecordStore: Send + Sync {
     /// Calls of an app ordered `started_at DESC NULLS LAST, created_at DESC, id`.
-    async fn list_calls(&self, app: AppId, filter: &CallFilter, page: PageRequest) -> StoreResult<Page<Call>>;
+    async fn list_calls(
+        &self,
+        app: AppId,
+        filter: &CallFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Call>>;
     /// One call by internal id, scoped to the app.
     async fn get_call(&self, app: AppId, id: Uuid) -> StoreResult<Option<Call>>;
     /// One call by Dialpad id, scoped to the app.
-    async fn get_call_by_dialpad_id(&self, app: AppId, call_id: DialpadId) -> StoreResult<Option<Call>>;
+    async fn get_call_by_dialpad_id(
+        &self,
+        app: AppId,
+        call_id: DialpadId,
+    ) -> StoreResult<Option<Call>>;
     /// Messages ordered `sent_at DESC NULLS LAST, created_at DESC, id`.
-    async fn list_messages(&self, app: AppId, filter: &MessageFilter, page: PageRequest) -> StoreResult<Page<Message>>;
+    async fn list_messages(
+        &self,
+        app: AppId,
+        filter: &MessageFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Message>>;
     /// One message, scoped to the app.
     async fn get_message(&self, app: AppId, id: Uuid) -> StoreResult<Option<Message>>;
     /// Voicemails ordered `created_at DESC, id`.
-    async fn list_voicemails(&self, app: AppId, filter: &VoicemailFilter, page: PageRequest) -> StoreResult<Page<Voicemail>>;
+    async fn list_voicemails(
+        &self,
+        app: AppId,
+        filter: &VoicemailFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Voicemail>>;
     /// One voicemail, scoped to the app.
     async fn get_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<Option<Voicemail>>;
     /// Hard-deletes a voicemail; `false` when absent.
@@ -287,19 +326,42 @@ pub trait RecordStore: Send + Sync {
 pub trait MappingStore: Send + Sync {
     /// Inserts or updates `(app, dialpad_user_id)` atomically; keeps the row id on update.
     /// [`StoreError::NotFound`] when the app does not exist.
-    async fn upsert_mapping(&self, app: AppId, dialpad_user_id: DialpadId, crm_user_id: &str, now: Timestamp) -> StoreResult<UserMapping>;
+    async fn upsert_mapping(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+        crm_user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<UserMapping>;
     /// Upserts all pairs in one transaction (all or nothing); returns the count.
-    async fn upsert_mappings(&self, app: AppId, pairs: &[(DialpadId, String)], now: Timestamp) -> StoreResult<usize>;
+    async fn upsert_mappings(
+        &self,
+        app: AppId,
+        pairs: &[(DialpadId, String)],
+        now: Timestamp,
+    ) -> StoreResult<usize>;
     /// Mapping of a Dialpad user.
-    async fn get_mapping_by_dialpad(&self, app: AppId, dialpad_user_id: DialpadId) -> StoreResult<Option<UserMapping>>;
+    async fn get_mapping_by_dialpad(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+    ) -> StoreResult<Option<UserMapping>>;
     /// Oldest mapping of a CRM user.
-    async fn get_mapping_by_crm(&self, app: AppId, crm_user_id: &str) -> StoreResult<Option<UserMapping>>;
+    async fn get_mapping_by_crm(
+        &self,
+        app: AppId,
+        crm_user_id: &str,
+    ) -> StoreResult<Option<UserMapping>>;
     /// Mappings ordered `created_at DESC, id`.
     async fn list_mappings(&self, app: AppId, page: PageRequest) -> StoreResult<Page<UserMapping>>;
     /// Deletes by row id; `false` when absent.
     async fn delete_mapping(&self, app: AppId, id: Uuid) -> StoreResult<bool>;
     /// Deletes by Dialpad user; `false` when absent.
-    async fn delete_mapping_by_dialpad(&self, app: AppId, dialpad_user_id: DialpadId) -> StoreResult<bool>;
+    async fn delete_mapping_by_dialpad(
+        &self,
+        app: AppId,
+        dialpad_user_id: DialpadId,
+    ) -> StoreResult<bool>;
 }
 
 /// Dialpad connections, webhooks and subscriptions of tenants.
@@ -323,14 +385,19 @@ pub trait DialpadStore: Send + Sync {
     /// Deletes a webhook by Dialpad id; `false` when absent.
     async fn delete_webhook(&self, webhook_id: DialpadId) -> StoreResult<bool>;
     /// Records a subscription.
-    async fn insert_subscription(&self, sub: DialpadSubscription) -> StoreResult<DialpadSubscription>;
+    async fn insert_subscription(
+        &self,
+        sub: DialpadSubscription,
+    ) -> StoreResult<DialpadSubscription>;
     /// Subscriptions of an app, newest first.
     async fn list_subscriptions(&self, app: AppId) -> StoreResult<Vec<DialpadSubscription>>;
 }
 
 /// Everything the [`crate::Cti`] facade needs from storage.
 #[async_trait]
-pub trait Store: AppStore + InboxStore + RecordStore + MappingStore + DialpadStore + Send + Sync + 'static {
+pub trait Store:
+    AppStore + InboxStore + RecordStore + MappingStore + DialpadStore + Send + Sync + 'static
+{
     /// Cheap connectivity check (`SELECT 1`); [`StoreError::Unavailable`] when down.
     async fn ping(&self) -> StoreResult<()>;
     /// Short backend name for logs and metrics (`memory`, `sqlite`, `postgres`).
