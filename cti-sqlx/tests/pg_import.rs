@@ -363,10 +363,6 @@ async fn apply(
         voicemail: None,
         message: None,
     };
-    if std::env::var("DBG").is_ok() {
-        let rows: Vec<(String, String, Option<i64>, Option<i64>, chrono::DateTime<Utc>, i64)> = sqlx::query_as("SELECT dedupe_key, status, call_id, event_timestamp, next_attempt_at, arrival FROM webhook_events ORDER BY arrival").fetch_all(s.pool()).await.unwrap();
-        eprintln!("DBG2 now={now} {rows:?}");
-    }
     let claimed = s
         .inbox_claim(
             50,
@@ -514,28 +510,88 @@ async fn imports_an_original_database_in_place() {
         ),
         (CallStatus::Active, Some("call me"), true)
     );
-    // A late ring for the imported ended call does not resurrect it; a hangup ends the active one.
-    if std::env::var("DBG").is_ok() {
-        let rows: Vec<(String, String, Option<chrono::DateTime<Utc>>, chrono::DateTime<Utc>, i64)> = sqlx::query_as("SELECT dedupe_key, status, locked_until, next_attempt_at, arrival FROM webhook_events ORDER BY arrival").fetch_all(store.pool()).await.unwrap();
-        eprintln!("DBG {rows:?}");
-        let now = Utc::now();
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events e WHERE e.status IN ('pending','failed','processing') AND (CASE WHEN e.status = 'processing' THEN e.locked_until < $1 WHEN e.status IN ('pending', 'failed') THEN e.next_attempt_at <= $1 ELSE false END)").bind(now).fetch_one(store.pool()).await.unwrap();
-        eprintln!("DBG due {n}");
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events e WHERE (e.call_id IS NULL OR NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.app_id = e.app_id AND b.call_id = e.call_id AND b.status = 'processing' AND b.locked_until >= $1))").bind(now).fetch_one(store.pool()).await.unwrap();
-        eprintln!("DBG notbusy {n}");
-        let c = store
-            .inbox_claim(10, Duration::from_secs(30), now)
+    // Events: processed → done, pending → claimable inbox rows with their dedupe keys.
+    assert_eq!(
+        store
+            .inbox_get(Some(a), o.ev_done)
             .await
-            .unwrap();
-        eprintln!("DBG claim {}", c.len());
-        let plan: Vec<String> = sqlx::query_scalar(
-            "SELECT current_setting('search_path') || ' ' || current_setting('TimeZone')",
-        )
-        .fetch_all(store.pool())
+            .unwrap()
+            .unwrap()
+            .status,
+        EventStatus::Done
+    );
+    let keyed = store
+        .inbox_get(Some(a), o.ev_pending_keyed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (keyed.status, keyed.dedupe_key.as_str()),
+        (EventStatus::Pending, "evt-2")
+    );
+    assert_eq!(
+        (keyed.call_id, keyed.event_timestamp, keyed.state.as_deref()),
+        (Some(DialpadId(1003)), Some(1741003500000), Some("hangup"))
+    );
+    let anon = store
+        .inbox_get(Some(a), o.ev_pending_anon)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(anon.dedupe_key, format!("import:{}", o.ev_pending_anon));
+    let claimed = store
+        .inbox_claim(10, Duration::from_secs(30), Utc::now())
         .await
         .unwrap();
-        eprintln!("DBG {plan:?}");
-    }
+    let mut got: Vec<Uuid> = claimed.iter().map(|e| e.id).collect();
+    got.sort();
+    let mut want = vec![o.ev_pending_keyed, o.ev_pending_anon];
+    want.sort();
+    assert_eq!(got, want);
+    // The imported pending hangup is processed by the new pipeline: the active call ends.
+    let hangup = claimed.iter().find(|e| e.id == o.ev_pending_keyed).unwrap();
+    let n = Normalized {
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(1003)),
+            status: Some(CallStatus::Ended),
+            event_ms: 1741003500000,
+            ..Default::default()
+        }),
+        event: CtiEvent::CallEnded,
+        voicemail: None,
+        message: None,
+    };
+    let end = store
+        .inbox_complete(
+            hangup.id,
+            hangup.attempts,
+            EventResult::Apply(Box::new(n)),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(end.len(), 1);
+    assert_eq!(end[0].event, "call.ended");
+    assert_eq!(
+        store
+            .get_call(a, o.call_active)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CallStatus::Ended
+    );
+    let anon = claimed.iter().find(|e| e.id == o.ev_pending_anon).unwrap();
+    store
+        .inbox_complete(
+            anon.id,
+            anon.attempts,
+            EventResult::Ignored("test".into()),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    // A late ring for the imported ended call does not resurrect it.
     let late = apply(
         &store,
         a,
@@ -549,25 +605,6 @@ async fn imports_an_original_database_in_place() {
     assert_eq!(
         store
             .get_call(a, o.call_ended)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        CallStatus::Ended
-    );
-    let end = apply(
-        &store,
-        a,
-        "hangup-1003",
-        CtiEvent::CallEnded,
-        1003,
-        utc(2025, 3, 3, 12, 10).timestamp_millis(),
-    )
-    .await;
-    assert_eq!(end.len(), 1);
-    assert_eq!(
-        store
-            .get_call(a, o.call_active)
             .await
             .unwrap()
             .unwrap()
@@ -619,44 +656,6 @@ async fn imports_an_original_database_in_place() {
         3
     );
 
-    // Events: processed → done, pending → claimable inbox rows with their dedupe keys.
-    assert_eq!(
-        store
-            .inbox_get(Some(a), o.ev_done)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        EventStatus::Done
-    );
-    let keyed = store
-        .inbox_get(Some(a), o.ev_pending_keyed)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (keyed.status, keyed.dedupe_key.as_str()),
-        (EventStatus::Pending, "evt-2")
-    );
-    assert_eq!(
-        (keyed.call_id, keyed.event_timestamp, keyed.state.as_deref()),
-        (Some(DialpadId(1003)), Some(1741003500000), Some("hangup"))
-    );
-    let anon = store
-        .inbox_get(Some(a), o.ev_pending_anon)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(anon.dedupe_key, format!("import:{}", o.ev_pending_anon));
-    let claimed = store
-        .inbox_claim(10, Duration::from_secs(30), Utc::now())
-        .await
-        .unwrap();
-    let mut got: Vec<Uuid> = claimed.iter().map(|e| e.id).collect();
-    got.sort();
-    let mut want = vec![o.ev_pending_keyed, o.ev_pending_anon];
-    want.sort();
-    assert_eq!(got, want);
     // A redelivery of an imported event is recognised as a duplicate.
     let dup = store
         .inbox_insert(vec![NewInboxEvent {
