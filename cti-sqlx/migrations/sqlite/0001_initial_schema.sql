@@ -161,7 +161,6 @@ CREATE TABLE webhook_events (
     UNIQUE (app_id, dedupe_key)
 );
 CREATE INDEX webhook_events_status_next ON webhook_events (status, next_attempt_at);
-CREATE INDEX webhook_events_app_call ON webhook_events (app_id, call_id);
 -- per-call ordering: the unfinished events of a call in arrival order
 CREATE INDEX webhook_events_call_unfinished ON webhook_events (app_id, call_id, received_at, seq)
     WHERE status IN ('pending', 'failed', 'processing');

@@ -90,20 +90,18 @@ impl InboxStore for SqliteStore {
             let mut stored: HashMap<(String, String), (Uuid, bool)> = HashMap::new();
             for chunk in events.chunks(INSERT_CHUNK) {
                 let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT app_id, dedupe_key, id, \
-                            seq > (SELECT MAX(seq) FROM webhook_events) - ",
+                    "SELECT w.app_id, w.dedupe_key, w.id, \
+                            w.seq > (SELECT MAX(seq) FROM webhook_events) - ",
                 );
                 q.push_bind(i64::try_from(inserted).unwrap_or(i64::MAX));
-                q.push(" AS fresh FROM webhook_events WHERE (app_id, dedupe_key) IN (");
-                let mut sep = q.separated(", ");
-                for e in chunk {
-                    sep.push("(")
-                        .push_bind_unseparated(e.app_id.0.to_string())
-                        .push_unseparated(", ")
-                        .push_bind_unseparated(e.dedupe_key.clone())
-                        .push_unseparated(")");
-                }
-                q.push(")");
+                q.push(" AS fresh FROM (");
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.app_id.0.to_string())
+                        .push_bind(e.dedupe_key.clone());
+                });
+                q.push(
+                    ") v JOIN webhook_events w ON w.app_id = v.column1 AND w.dedupe_key = v.column2",
+                );
                 for r in q.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                     let app: String = r.try_get("app_id").map_err(map_err)?;
                     let key: String = r.try_get("dedupe_key").map_err(map_err)?;
@@ -313,7 +311,7 @@ impl InboxStore for SqliteStore {
             }
         }
         let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(received_at) FROM webhook_events
+            "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
              WHERE status IN ('pending', 'failed', 'processing')",
         )
         .fetch_one(&mut *tx)
@@ -326,7 +324,8 @@ impl InboxStore for SqliteStore {
 
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64> {
         let n = sqlx::query(
-            "DELETE FROM webhook_events WHERE status IN ('done', 'ignored') AND received_at < ?1",
+            "DELETE FROM webhook_events INDEXED BY webhook_events_finished
+             WHERE status IN ('done', 'ignored') AND received_at < ?1",
         )
         .bind(ts(&before))
         .execute(&mut *self.write_conn().await)

@@ -57,6 +57,16 @@ const READ_POOL_SIZE: u32 = 4;
 /// Page cache per connection (`PRAGMA cache_size`, negative = KiB): 64 MiB.
 const CACHE_SIZE: &str = "-65536";
 
+/// Interval of the background WAL checkpoint.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The writer checkpoints by itself only past this many WAL pages (16 MiB; SQLite's default
+/// is 1000) — normally the background checkpoint keeps the WAL far smaller.
+const WRITER_AUTOCHECKPOINT: &str = "4000";
+
+/// The WAL file is truncated back to this size (bytes) after it was reset.
+const JOURNAL_SIZE_LIMIT: &str = "67108864";
+
 /// How long a connection waits for the database lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,8 +77,44 @@ pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
     /// Readers; `None` for in-memory databases (reads use the writer).
     reader: Option<SqlitePool>,
+    /// Background WAL checkpoints (file databases), stopped with the last clone.
+    _checkpointer: Option<Arc<Checkpointer>>,
     /// Directory of a [`temporary`](Self::open_temporary) database, removed with the last clone.
     _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+/// Copies committed WAL frames into the database file (`PRAGMA wal_checkpoint(PASSIVE)`) on
+/// its own connection every [`CHECKPOINT_INTERVAL`], so the writer's commits do not pay for
+/// the checkpoint's writes and `fsync`s. PASSIVE never blocks the writer or readers. The
+/// writer keeps a high `wal_autocheckpoint` as a bound on the WAL size should this task fall
+/// behind (by then most frames are already copied, so that checkpoint is short).
+struct Checkpointer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(mut conn: SqliteConnection) -> Self {
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut conn)
+                    .await
+                {
+                    tracing::warn!(error = %map_err(e), "sqlite background checkpoint failed");
+                }
+            }
+        });
+        Self { task }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,21 +178,33 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("cache_size", CACHE_SIZE)
             .pragma("temp_store", "MEMORY");
-        let writer = opts.connect().await.map_err(map_err)?;
-        let reader = if is_in_memory(url) {
-            None
-        } else {
-            let pool = SqlitePoolOptions::new()
-                .max_connections(READ_POOL_SIZE)
-                .test_before_acquire(false)
-                .connect_with(opts.pragma("query_only", "ON"))
-                .await
-                .map_err(map_err)?;
-            Some(pool)
-        };
+        if is_in_memory(url) {
+            let writer = opts.connect().await.map_err(map_err)?;
+            return Ok(Self {
+                writer: Arc::new(Mutex::new(writer)),
+                reader: None,
+                _checkpointer: None,
+                _temp: None,
+            });
+        }
+        let writer = opts
+            .clone()
+            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
+            .connect()
+            .await
+            .map_err(map_err)?;
+        let checkpointer = opts.clone().connect().await.map_err(map_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_POOL_SIZE)
+            .test_before_acquire(false)
+            .connect_with(opts.pragma("query_only", "ON"))
+            .await
+            .map_err(map_err)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
-            reader,
+            reader: Some(reader),
+            _checkpointer: Some(Arc::new(Checkpointer::start(checkpointer))),
             _temp: None,
         })
     }
