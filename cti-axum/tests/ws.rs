@@ -603,7 +603,6 @@ async fn stalled_client_does_not_delay_others() {
 // returned (the fanout unit test `slow_subscriber_is_dropped_with_lagged_and_others_continue`
 // hangs for the same reason). Un-ignore once `fanout.rs` drops the sender on removal.
 #[tokio::test]
-#[ignore = "needs the cti-core fanout fix (Lagged is never delivered)"]
 async fn lagging_socket_gets_lagged_then_4008() {
     let env = Env::with(
         CtiConfig {

@@ -30,7 +30,7 @@ struct Slot {
     id: u64,
     crm_user: Option<String>,
     tx: mpsc::Sender<Item>,
-    lagged: AtomicBool,
+    lagged: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -73,7 +73,10 @@ pub enum Delivery {
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
     app: AppId,
-    slot: Arc<Slot>,
+    // Only the id and the lagged flag: the hub owns the only `Sender`, so removing the slot
+    // ends the stream.
+    id: u64,
+    lagged: Arc<AtomicBool>,
     rx: mpsc::Receiver<Item>,
     hub: Weak<HubInner>,
     done: bool,
@@ -93,7 +96,7 @@ impl Subscription {
             }
             None => {
                 self.done = true;
-                if self.slot.lagged.load(Ordering::Acquire) {
+                if self.lagged.load(Ordering::Acquire) {
                     Some(Delivery::Lagged)
                 } else {
                     Some(Delivery::Closed {
@@ -114,7 +117,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            Hub { inner: hub }.remove(self.app, &[self.slot.id]);
+            Hub { inner: hub }.remove(self.app, &[self.id]);
         }
     }
 }
@@ -129,22 +132,20 @@ impl Hub {
     /// and events without a target are delivered; without it, every event of the app.
     pub fn subscribe(&self, app: AppId, crm_user: Option<String>, queue: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let lagged = Arc::new(AtomicBool::new(false));
         let slot = Arc::new(Slot {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             crm_user,
             tx,
-            lagged: AtomicBool::new(false),
+            lagged: lagged.clone(),
         });
-        self.inner
-            .apps
-            .write()
-            .entry(app)
-            .or_default()
-            .push(slot.clone());
+        self.inner.apps.write().entry(app).or_default().push(slot);
         self.inner.total.fetch_add(1, Ordering::Relaxed);
         Subscription {
             app,
-            slot,
+            id,
+            lagged,
             rx,
             hub: Arc::downgrade(&self.inner),
             done: false,

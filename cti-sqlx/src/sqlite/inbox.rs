@@ -34,6 +34,9 @@ fn due(t: &str) -> String {
 /// Events per multi-row `INSERT` (10 parameters each; SQLite allows 32,766).
 const INSERT_CHUNK: usize = 500;
 
+/// Events per claim `UPDATE` (one parameter each).
+const CLAIM_UPDATE_CHUNK: usize = 1000;
+
 /// Rows read per step of the claim scan.
 const SCAN_CHUNK: i64 = 256;
 
@@ -148,18 +151,20 @@ impl InboxStore for SqliteStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(Vec::new());
         }
-        let placeholders = vec!["?"; picked.len()].join(", ");
-        let sql = format!(
-            "UPDATE webhook_events
-                SET status = 'processing', locked_until = {until}, attempts = attempts + 1
-              WHERE seq IN ({placeholders})
-             RETURNING seq, {EVENT_COLS}"
-        );
-        let mut q = sqlx::query(&sql);
-        for (_, seq) in &picked {
-            q = q.bind(*seq);
+        let mut rows = Vec::with_capacity(picked.len());
+        for chunk in picked.chunks(CLAIM_UPDATE_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1, \
+                 locked_until = ",
+            );
+            q.push_bind(until).push(" WHERE seq IN (");
+            let mut ids = q.separated(", ");
+            for (_, seq) in chunk {
+                ids.push_bind(*seq);
+            }
+            q.push(format!(") RETURNING seq, {EVENT_COLS}"));
+            rows.extend(q.build().fetch_all(&mut *tx).await.map_err(map_err)?);
         }
-        let rows = q.fetch_all(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         let mut claimed = rows
             .iter()
