@@ -9,8 +9,9 @@
 //!   two extra round trips to the connection thread (ping on acquire and on release) plus a
 //!   spawned task, more than the statements of a small transaction. Reads use a small pool
 //!   (WAL readers never block the writer).
-//! * WAL checkpoints run on their own connection in the background (`PRAGMA wal_checkpoint(PASSIVE)` every 100 ms),
-//!   so commits never wait for the checkpoint's `fsync`.
+//! * WAL checkpoints run on their own connection in the background
+//!   (`PRAGMA wal_checkpoint(PASSIVE)` every 100 ms), so commits never wait for the
+//!   checkpoint's `fsync`.
 //! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use the writer connection for
 //!   reads too, because every connection to an in-memory database would otherwise see its
 //!   own empty database.
