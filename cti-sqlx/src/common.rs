@@ -35,7 +35,10 @@
 //!      caller publishes them only after the commit).
 //!
 //! Any error rolls the whole transaction back: records, outbox and inbox status change
-//! together or not at all.
+//! together or not at all. (SQLite folds step 1 and the final status change into one
+//! `UPDATE … WHERE status = 'processing' AND attempts = ? RETURNING app_id` at the start of
+//! the transaction, and reads the call, the mapping and `apps.last_event_seq` in one query:
+//! its single writer already holds the database lock.)
 
 // Each helper is used by at least one of the two backends, which are built in parallel.
 #![allow(dead_code)]
