@@ -49,86 +49,13 @@ impl InboxStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // Multi-row statements: one round trip to the database thread per chunk, not per
-        // event (the round trip, not SQLite, is what an insert costs).
         let mut w = self.write_conn().await;
-        let mut tx = begin_immediate(&mut w).await?;
-        let mut inserted = 0u64;
-        for chunk in events.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
-                 event_timestamp, payload, next_attempt_at, received_at) ",
-            );
-            q.push_values(chunk, |mut row, e| {
-                let received = ts(&e.received_at);
-                row.push_bind(e.id.to_string())
-                    .push_bind(e.app_id.0.to_string())
-                    .push_bind(e.dedupe_key.clone())
-                    .push_bind(e.event_type.clone())
-                    .push_bind(e.call_id.map(DialpadId::as_i64))
-                    .push_bind(e.state.clone())
-                    .push_bind(e.event_timestamp)
-                    .push_bind(common::json_to_text(&e.payload))
-                    .push_bind(received)
-                    .push_bind(received);
-            });
-            // Rows are inserted in order, so a key repeated in the batch keeps its first event.
-            q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
-            inserted += q
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
+        if events.len() <= INSERT_CHUNK {
+            // One multi-row INSERT is atomic on its own: no BEGIN / COMMIT round trips.
+            return insert_events(&mut w, &events).await;
         }
-        let out = if inserted == events.len() as u64 {
-            events
-                .iter()
-                .map(|e| InsertOutcome::Inserted(e.id))
-                .collect()
-        } else {
-            // Some keys existed. The single writer inserts rowids max+1, max+2, …, so the rows
-            // of this transaction are exactly those with `seq > max_seq - inserted`; an event
-            // is new when its key's row is one of them and carries its id.
-            let mut stored: HashMap<(String, String), (Uuid, bool)> = HashMap::new();
-            for chunk in events.chunks(INSERT_CHUNK) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT w.app_id, w.dedupe_key, w.id, \
-                            w.seq > (SELECT MAX(seq) FROM webhook_events) - ",
-                );
-                q.push_bind(i64::try_from(inserted).unwrap_or(i64::MAX));
-                q.push(" AS fresh FROM (");
-                q.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.app_id.0.to_string())
-                        .push_bind(e.dedupe_key.clone());
-                });
-                q.push(
-                    ") v JOIN webhook_events w ON w.app_id = v.column1 AND w.dedupe_key = v.column2",
-                );
-                for r in q.build().fetch_all(&mut *tx).await.map_err(map_err)? {
-                    let app: String = r.try_get("app_id").map_err(map_err)?;
-                    let key: String = r.try_get("dedupe_key").map_err(map_err)?;
-                    let id: String = r.try_get("id").map_err(map_err)?;
-                    let fresh: bool = r.try_get("fresh").map_err(map_err)?;
-                    stored.insert((app, key), (common::uuid_from_text("id", &id)?, fresh));
-                }
-            }
-            let mut out = Vec::with_capacity(events.len());
-            for e in &events {
-                let key = (e.app_id.0.to_string(), e.dedupe_key.clone());
-                // `take` the fresh flag: a second occurrence in the batch is a duplicate.
-                let outcome = match stored.get_mut(&key) {
-                    Some((id, fresh)) if *fresh && *id == e.id => {
-                        *fresh = false;
-                        InsertOutcome::Inserted(e.id)
-                    }
-                    Some((id, _)) => InsertOutcome::Duplicate(*id),
-                    None => return Err(StoreError::Backend("inserted event not found".into())),
-                };
-                out.push(outcome);
-            }
-            out
-        };
+        let mut tx = begin_immediate(&mut w).await?;
+        let out = insert_events(&mut tx, &events).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -395,6 +322,95 @@ impl InboxStore for SqliteStore {
             .rows_affected();
         Ok(n)
     }
+}
+
+/// Inserts `events` with multi-row statements — one round trip to the database thread per
+/// [`INSERT_CHUNK`] events, not per event (the round trip, not SQLite, is what an insert
+/// costs) — and reports each event's outcome.
+///
+/// The rows one statement inserts get consecutive rowids ending at its `last_insert_rowid`
+/// (nothing can interleave inside a statement), so an event is new exactly when the row of
+/// its key carries its id and a rowid of one of these ranges.
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[NewInboxEvent],
+) -> StoreResult<Vec<InsertOutcome>> {
+    let mut fresh_ranges: Vec<(i64, i64)> = Vec::new();
+    let mut inserted = 0usize;
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
+             event_timestamp, payload, next_attempt_at, received_at) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            let received = ts(&e.received_at);
+            row.push_bind(e.id.to_string())
+                .push_bind(e.app_id.0.to_string())
+                .push_bind(e.dedupe_key.clone())
+                .push_bind(e.event_type.clone())
+                .push_bind(e.call_id.map(DialpadId::as_i64))
+                .push_bind(e.state.clone())
+                .push_bind(e.event_timestamp)
+                .push_bind(common::json_to_text(&e.payload))
+                .push_bind(received)
+                .push_bind(received);
+        });
+        // Rows are inserted in order, so a key repeated in the batch keeps its first event.
+        q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
+        let done = q.build().execute(&mut *conn).await.map_err(map_err)?;
+        let n = done.rows_affected();
+        if n > 0 {
+            let last = done.last_insert_rowid();
+            fresh_ranges.push((last - i64::try_from(n).unwrap_or(i64::MAX), last));
+        }
+        inserted += usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if inserted == events.len() {
+        return Ok(events
+            .iter()
+            .map(|e| InsertOutcome::Inserted(e.id))
+            .collect());
+    }
+    // Some keys existed: read the row of every key of the batch.
+    let mut stored: HashMap<(String, String), (Uuid, bool)> = HashMap::new();
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT w.app_id, w.dedupe_key, w.id, w.seq FROM (");
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(e.app_id.0.to_string())
+                .push_bind(e.dedupe_key.clone());
+        });
+        q.push(") v JOIN webhook_events w ON w.app_id = v.column1 AND w.dedupe_key = v.column2");
+        for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+            let app: String = r.try_get("app_id").map_err(map_err)?;
+            let key: String = r.try_get("dedupe_key").map_err(map_err)?;
+            let id: String = r.try_get("id").map_err(map_err)?;
+            let seq: i64 = r.try_get("seq").map_err(map_err)?;
+            let fresh = fresh_ranges.iter().any(|(lo, hi)| seq > *lo && seq <= *hi);
+            stored.insert((app, key), (common::uuid_from_text("id", &id)?, fresh));
+        }
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let key = (e.app_id.0.to_string(), e.dedupe_key.clone());
+        let outcome = match stored.get_mut(&key) {
+            // Clear the flag: a second occurrence in the batch is a duplicate of the first.
+            Some((id, fresh)) if *fresh && *id == e.id => {
+                *fresh = false;
+                InsertOutcome::Inserted(e.id)
+            }
+            Some((id, _)) => InsertOutcome::Duplicate(*id),
+            // Only possible outside a transaction: the older duplicate was purged between the
+            // two statements. Nothing of this event was stored; the caller retries.
+            None => {
+                return Err(StoreError::Unavailable(
+                    "a duplicate event was purged during the insert; retry".into(),
+                ));
+            }
+        };
+        out.push(outcome);
+    }
+    Ok(out)
 }
 
 /// The claim scan query (see [`select_claimable`]): `?1` now, `?2`/`?3` the cursor
