@@ -480,3 +480,53 @@ async fn re_inserting_the_same_event_is_a_duplicate() {
     assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
     assert_eq!(s.inbox_stats().await.unwrap().unprocessed, 1102);
 }
+
+#[tokio::test]
+async fn a_failed_complete_changes_nothing_and_keeps_the_lease() {
+    use cti_core::normalize::{CallUpdate, CtiEvent, Normalized};
+    let s = SqliteStore::open_temporary().await.unwrap();
+    // An event of an app that does not exist (the inbox has no foreign key): applying it
+    // fails on the call's foreign key, inside the transaction.
+    let ghost = AppId::new();
+    s.inbox_insert(vec![ev(ghost, "k", Some(7), Some(1), t0())])
+        .await
+        .unwrap();
+    let c = s
+        .inbox_claim(10, Duration::from_secs(30), t0())
+        .await
+        .unwrap();
+    let n = Normalized {
+        event: CtiEvent::CallRinging,
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(7)),
+            status: Some(CallStatus::Ringing),
+            event_ms: 1,
+            ..Default::default()
+        }),
+        voicemail: None,
+        message: None,
+    };
+    let err = s
+        .inbox_complete(c[0].id, 1, EventResult::Apply(Box::new(n)), t0())
+        .await;
+    assert!(err.is_err());
+    let e = s.inbox_get(None, c[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.attempts),
+        (EventStatus::Processing, 1),
+        "status change rolled back"
+    );
+    assert!(
+        s.get_call_by_dialpad_id(ghost, DialpadId(7))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // the worker still holds the lease and records the failure
+    s.inbox_fail(c[0].id, 1, "apply failed", None, t0())
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_stats().await.unwrap().dead, 1);
+    assert!(s.ping().await.is_ok());
+    assert_eq!(s.backend(), "sqlite");
+}

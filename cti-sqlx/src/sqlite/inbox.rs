@@ -111,37 +111,45 @@ impl InboxStore for SqliteStore {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>> {
-        let mut w = self.write_conn().await;
-        let mut tx = begin_immediate(&mut w).await?;
-        // Lease check and status change in one statement (the whole transaction rolls back
-        // if applying fails). `done` keeps the last error of earlier attempts.
-        let (status, reason) = match &result {
-            EventResult::Ignored(reason) => (EventStatus::Ignored, Some(reason.as_str())),
-            EventResult::Apply(_) => (EventStatus::Done, None),
-        };
-        let app: String = sqlx::query_scalar(
-            "UPDATE webhook_events
+        // Lease check and status change in one statement; `done` keeps the last error of
+        // earlier attempts.
+        const FINISH: &str = "UPDATE webhook_events
                 SET status = ?1, last_error = COALESCE(?2, last_error), processed_at = ?3,
                     locked_until = NULL
               WHERE id = ?4 AND status = 'processing' AND attempts = ?5
-             RETURNING app_id",
-        )
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(ts(&now))
-        .bind(event_id.to_string())
-        .bind(i64::from(attempt))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .ok_or(StoreError::LeaseLost)?;
-        let published = match result {
-            EventResult::Ignored(_) => Vec::new(),
-            EventResult::Apply(n) => {
-                let app = AppId(common::uuid_from_text("app_id", &app)?);
-                apply(&mut tx, app, &n, now).await?
+             RETURNING app_id";
+        let mut w = self.write_conn().await;
+        let n = match result {
+            EventResult::Ignored(reason) => {
+                // A single statement: atomic without a transaction.
+                sqlx::query_scalar::<_, String>(FINISH)
+                    .bind(EventStatus::Ignored.as_str())
+                    .bind(reason)
+                    .bind(ts(&now))
+                    .bind(event_id.to_string())
+                    .bind(i64::from(attempt))
+                    .fetch_optional(&mut *w)
+                    .await
+                    .map_err(map_err)?
+                    .ok_or(StoreError::LeaseLost)?;
+                return Ok(Vec::new());
             }
+            EventResult::Apply(n) => n,
         };
+        // The whole transaction (status change included) rolls back if applying fails.
+        let mut tx = begin_immediate(&mut w).await?;
+        let app: String = sqlx::query_scalar(FINISH)
+            .bind(EventStatus::Done.as_str())
+            .bind(None::<String>)
+            .bind(ts(&now))
+            .bind(event_id.to_string())
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .ok_or(StoreError::LeaseLost)?;
+        let app = AppId(common::uuid_from_text("app_id", &app)?);
+        let published = apply(&mut tx, app, &n, now).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(published)
     }
