@@ -9,7 +9,7 @@ use chrono::TimeZone;
 use cti_core::model::*;
 use cti_core::store::*;
 use cti_sqlx::SqliteStore;
-use cti_sqlx::sqlite::MigrationError;
+use cti_sqlx::sqlite::{MIGRATOR, MigrationError};
 use uuid::Uuid;
 
 fn t0() -> Timestamp {
@@ -59,6 +59,11 @@ fn ev(
     }
 }
 
+/// The newest migration this binary embeds.
+fn known_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 fn db_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("cti.db").display())
 }
@@ -69,7 +74,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent() {
     let url = db_url(&dir);
     let app = {
         let s = SqliteStore::open(&url).await.unwrap();
-        assert_eq!(s.applied_version().await.unwrap(), Some(1));
+        assert_eq!(s.applied_version().await.unwrap(), Some(known_version()));
         let app = s
             .create_app(new_app("A", "a"), AuditContext::default())
             .await
@@ -82,7 +87,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent() {
     };
     let s = SqliteStore::open(&url).await.unwrap();
     s.migrate().await.unwrap();
-    assert_eq!(s.applied_version().await.unwrap(), Some(1));
+    assert_eq!(s.applied_version().await.unwrap(), Some(known_version()));
     assert_eq!(s.get_app(app.id).await.unwrap().unwrap(), app);
     let dup = s
         .inbox_insert(vec![ev(app.id, "k1", Some(1), Some(5), t0())])
@@ -111,7 +116,7 @@ async fn newer_schema_is_refused() {
     raw.close().await;
     match SqliteStore::open(&url).await {
         Err(MigrationError::SchemaTooNew { applied, known }) => {
-            assert_eq!((applied, known), (20990101000000, 1));
+            assert_eq!((applied, known), (20990101000000, known_version()));
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }

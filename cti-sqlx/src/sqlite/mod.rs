@@ -51,7 +51,9 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use crate::common::MigrationError;
 use crate::common::map_err;
 
-/// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`).
+/// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`): `0001` the schema,
+/// `0002` the by-call index of the inbox. (A new migration file is only embedded when this
+/// crate recompiles; `cargo clean -p cti-sqlx` if it was added without a source change.)
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Size of the read pool of a file database.
