@@ -1,8 +1,9 @@
 //! PostgreSQL inbox throughput (custom harness: prints one line per scenario).
 //!
-//! * `ingest W writers × batch B` — W concurrent tasks, each calling `inbox_insert` with B
-//!   events per call (one statement, one commit per call), as the facade's group commit would;
-//! * `claim+complete W workers` — W concurrent workers, each `inbox_claim(64)` then
+//! * `ingest W writers × batch B, A apps` — W concurrent tasks, each calling `inbox_insert`
+//!   with B events per call (one statement, one commit per call), as the facade's group commit
+//!   would, events spread over A tenants;
+//! * `claim+complete W workers, A apps` — W concurrent workers, each `inbox_claim(64)` then
 //!   `inbox_complete` of every claimed event with what `cti_core::normalize::normalize` makes of
 //!   its payload (call upsert + outbox append, one transaction per event).
 //!
@@ -38,16 +39,18 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 
 struct Bench {
     store: Arc<PgStore>,
-    app: AppId,
+    /// Tenants; scenarios spread their events round-robin over the first `apps` of them.
+    apps: Arc<Vec<AppId>>,
     template: Arc<Value>,
     run_for: Duration,
 }
 
-fn events(template: &Value, app: AppId, n: usize) -> Vec<NewInboxEvent> {
+fn events(template: &Value, apps: &[AppId], n: usize) -> Vec<NewInboxEvent> {
     let now = Utc::now();
     (0..n)
         .map(|_| {
             let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            let app = apps[i as usize % apps.len()];
             let call_id = 5_744_118_934_454_272 + i;
             let ts = 1_767_261_601_210 + i as i64;
             let mut payload = template.clone();
@@ -77,21 +80,22 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 impl Bench {
     /// `writers` tasks inserting batches of `batch` for `run_for`; returns (events, elapsed,
     /// mean latency per call).
-    async fn ingest(&self, writers: usize, batch: usize) -> (u64, Duration, Duration) {
+    async fn ingest(&self, writers: usize, batch: usize, apps: usize) -> (u64, Duration, Duration) {
+        let apps: Arc<Vec<AppId>> = Arc::new(self.apps[..apps].to_vec());
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..writers {
-            let (store, template, app, stop) = (
+            let (store, template, apps, stop) = (
                 self.store.clone(),
                 self.template.clone(),
-                self.app,
+                apps.clone(),
                 stop.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let (mut n, mut calls, mut busy) = (0u64, 0u32, Duration::ZERO);
                 while !stop.load(Ordering::Relaxed) {
-                    let evs = events(&template, app, batch);
+                    let evs = events(&template, &apps, batch);
                     let t = Instant::now();
                     let out = store
                         .inbox_insert(evs)
@@ -117,8 +121,14 @@ impl Bench {
     }
 
     /// Fills the inbox, then `workers` claim+complete until it is drained.
-    async fn process(&self, workers: usize, events_n: usize) -> (u64, Duration) {
-        for chunk in events(&self.template, self.app, events_n).chunks(1000) {
+    /// Returns (events, elapsed, mean claim call, mean complete call).
+    async fn process(
+        &self,
+        workers: usize,
+        events_n: usize,
+        apps: usize,
+    ) -> (u64, Duration, Duration, Duration) {
+        for chunk in events(&self.template, &self.apps[..apps], events_n).chunks(1000) {
             self.store
                 .inbox_insert(chunk.to_vec())
                 .await
@@ -130,14 +140,19 @@ impl Bench {
             let store = self.store.clone();
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
+                let (mut claims, mut claim_t, mut complete_t) =
+                    (0u32, Duration::ZERO, Duration::ZERO);
                 loop {
                     let now = Utc::now();
+                    let t = Instant::now();
                     let claimed = store
                         .inbox_claim(64, Duration::from_secs(60), now)
                         .await
                         .unwrap_or_else(|e| fail("claim", e));
+                    claim_t += t.elapsed();
+                    claims += 1;
                     if claimed.is_empty() {
-                        return done;
+                        return (done, claims, claim_t, complete_t);
                     }
                     for e in claimed {
                         let n = normalize(&e.payload, e.received_at);
@@ -146,20 +161,33 @@ impl Bench {
                         } else {
                             EventResult::Apply(Box::new(n))
                         };
+                        let t = Instant::now();
                         store
                             .inbox_complete(e.id, e.attempts, result, now)
                             .await
                             .unwrap_or_else(|e| fail("complete", e));
+                        complete_t += t.elapsed();
                         done += 1;
                     }
                 }
             }));
         }
-        let mut total = 0;
+        let (mut total, mut claims, mut claim_t, mut complete_t) =
+            (0, 0u32, Duration::ZERO, Duration::ZERO);
         for t in tasks {
-            total += t.await.unwrap_or_else(|e| fail("worker", e));
+            let (d, c, ct, pt) = t.await.unwrap_or_else(|e| fail("worker", e));
+            total += d;
+            claims += c;
+            claim_t += ct;
+            complete_t += pt;
         }
-        (total, start.elapsed())
+        let per_complete = u32::try_from(total).unwrap_or(u32::MAX).max(1);
+        (
+            total,
+            start.elapsed(),
+            claim_t / claims.max(1),
+            complete_t / per_complete,
+        )
     }
 }
 
@@ -187,29 +215,33 @@ async fn run(full: bool) {
             .await
             .unwrap_or_else(|e| fail("open", e)),
     );
-    let app = AppId::new();
-    store
-        .create_app(
-            NewApp {
-                id: app,
-                name: "bench".into(),
-                key: NewKey {
-                    lookup: format!("{:0>64}", app.0.simple()),
-                    hint: "raw_bench...0000".into(),
+    let mut apps = Vec::new();
+    for _ in 0..16 {
+        let app = AppId::new();
+        store
+            .create_app(
+                NewApp {
+                    id: app,
+                    name: "bench".into(),
+                    key: NewKey {
+                        lookup: format!("{:0>64}", app.0.simple()),
+                        hint: "raw_bench...0000".into(),
+                    },
+                    now: Utc::now(),
                 },
-                now: Utc::now(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap_or_else(|e| fail("create app", e));
+                AuditContext::default(),
+            )
+            .await
+            .unwrap_or_else(|e| fail("create app", e));
+        apps.push(app);
+    }
     let secs = std::env::var("PG_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(5.0);
     let bench = Bench {
         store: store.clone(),
-        app,
+        apps: Arc::new(apps),
         template: Arc::new(serde_json::from_str(RINGING).unwrap_or_else(|e| fail("fixture", e))),
         run_for: if full {
             Duration::from_secs_f64(secs)
@@ -222,10 +254,17 @@ async fn run(full: bool) {
         "pg_ingest (schema {schema}, {:.1} s per ingest scenario)",
         bench.run_for.as_secs_f64()
     );
-    for (writers, batch) in [(1, 1), (1, 64), (16, 1), (16, 64)] {
-        let (n, d, lat) = bench.ingest(writers, batch).await;
+    for (writers, batch, apps) in [
+        (1, 1, 1),
+        (1, 64, 1),
+        (16, 1, 1),
+        (16, 64, 1),
+        (16, 1, 16),
+        (16, 64, 16),
+    ] {
+        let (n, d, lat) = bench.ingest(writers, batch, apps).await;
         println!(
-            "ingest          {writers:>2} writers × batch {batch:>2}: {:>9.0} events/s  ({n} events, {:.1} ms per insert call)",
+            "ingest          {writers:>2} writers × batch {batch:>2}, {apps:>2} apps: {:>7.0} events/s  ({n} events, {:.1} ms per insert call)",
             rate(n, d),
             lat.as_secs_f64() * 1000.0
         );
@@ -235,13 +274,16 @@ async fn run(full: bool) {
         .execute(store.pool())
         .await
         .unwrap_or_else(|e| fail("reset", e));
-    let backlog = if full { 20_000 } else { 200 };
-    for workers in [1, 4, 16] {
-        let (n, d) = bench.process(workers, backlog).await;
+    let backlog = if full { 10_000 } else { 200 };
+    for (workers, apps) in [(1, 1), (4, 1), (16, 1), (4, 16), (16, 16)] {
+        let (n, d, claim, complete) = bench.process(workers, backlog, apps).await;
         println!(
-            "claim+complete  {workers:>2} workers, claim 64:   {:>9.0} events/s  ({n} events in {:.2} s)",
+            "claim+complete  {workers:>2} workers, claim 64, {apps:>2} apps: {:>7.0} events/s  ({n} events in {:.2} s; \
+             {:.1} ms per claim, {:.2} ms per complete)",
             rate(n, d),
-            d.as_secs_f64()
+            d.as_secs_f64(),
+            claim.as_secs_f64() * 1000.0,
+            complete.as_secs_f64() * 1000.0
         );
     }
 

@@ -108,30 +108,52 @@ fn claim_window(limit: usize) -> i64 {
     i64_of_usize(limit.saturating_mul(4).saturating_add(64).min(20_000))
 }
 
-/// Takes the transaction-scoped record locks of an event, in a fixed order (no deadlocks).
-/// Each lock is its own statement so the reads that follow see every transaction that held
-/// the lock before (READ COMMITTED snapshots are per statement).
-async fn lock_records(conn: &mut PgConnection, app: AppId, n: &Normalized) -> StoreResult<()> {
-    let mut keys: Vec<i64> = Vec::with_capacity(3);
+/// Names of the records an event merges into (`call:<id>`, `message:<id>`); each becomes a
+/// transaction-scoped advisory lock on `hashtextextended('cti:<app>:<name>')`.
+fn lock_names(n: &Normalized) -> Vec<String> {
+    let mut names = Vec::with_capacity(3);
     if let Some(k) = call_key(n) {
-        keys.push(record_lock(app, b"call", k));
+        names.push(format!("call:{k}"));
     }
     if let Some(k) = n.voicemail.as_ref().and_then(|v| v.dialpad_call_id) {
-        keys.push(record_lock(app, b"call", k));
+        names.push(format!("call:{k}"));
     }
     if let Some(k) = n.message.as_ref().and_then(|m| m.dialpad_message_id) {
-        keys.push(record_lock(app, b"message", k));
+        names.push(format!("message:{k}"));
     }
-    keys.sort_unstable();
-    keys.dedup();
-    for k in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(k)
-            .execute(&mut *conn)
-            .await
-            .map_err(pg_err)?;
-    }
-    Ok(())
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Lease check + status change + record locks, in one statement: the event row is updated
+/// (and row-locked) only if it is still `processing` with this attempt, then the advisory locks
+/// of its records are taken in key order (no deadlocks between completes). The reads that
+/// follow are later statements, so their snapshots include every transaction that held those
+/// locks before (READ COMMITTED snapshots are per statement). Returns the event's app, `None`
+/// when the lease is lost.
+const LEASE_AND_LOCK_SQL: &str = "WITH ev AS (
+        UPDATE webhook_events SET status = 'done', processed_at = $3, locked_until = NULL,
+            last_error = NULL
+        WHERE id = $1 AND status = 'processing' AND attempts = $2
+        RETURNING app_id
+    )
+    SELECT ev.app_id,
+        (SELECT count(pg_advisory_xact_lock(l.k)) FROM (
+            SELECT DISTINCT hashtextextended('cti:' || ev.app_id::text || ':' || x, 0) AS k
+            FROM unnest($4::text[]) AS x ORDER BY 1) l) AS locks
+    FROM ev";
+
+/// The call of the event (if any) and the CRM user mapped to the targeted Dialpad user: the
+/// user named by the event (`$3`), else the call's (`cti_core::store::target_user`).
+fn call_and_mapping_sql() -> String {
+    format!(
+        "SELECT {CALL_COLS}, (SELECT m.crm_user_id FROM dialpad_user_mappings m
+            WHERE m.app_id = $1 AND m.dialpad_user_id = COALESCE($3::bigint, c.dialpad_user_id))
+            AS crm_user
+         FROM (SELECT 1) AS one
+         LEFT JOIN calls c ON c.app_id = $1 AND c.dialpad_call_id = $2::bigint"
+    )
 }
 
 async fn load_existing(
@@ -140,19 +162,23 @@ async fn load_existing(
     n: &Normalized,
 ) -> StoreResult<Existing> {
     let key = call_key(n);
-    let call = match key {
-        Some(k) => {
-            let sql =
-                format!("SELECT {CALL_COLS} FROM calls WHERE app_id = $1 AND dialpad_call_id = $2");
-            let row = sqlx::query(&sql)
-                .bind(app.0)
-                .bind(k.as_i64())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(pg_err)?;
-            row.as_ref().map(call_from_row).transpose()?
-        }
-        None => None,
+    let event_user = target_user(n, None);
+    let (call, crm_user) = if key.is_some() || event_user.is_some() {
+        let row = sqlx::query(&call_and_mapping_sql())
+            .bind(app.0)
+            .bind(key.map(DialpadId::as_i64))
+            .bind(event_user.map(DialpadId::as_i64))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(pg_err)?;
+        let found: Option<uuid::Uuid> = col(&row, "id")?;
+        let call = match found {
+            Some(_) => Some(call_from_row(&row)?),
+            None => None,
+        };
+        (call, col::<Option<String>>(&row, "crm_user")?)
+    } else {
+        (None, None)
     };
     let voicemail = match (&n.voicemail, key) {
         (Some(_), Some(k)) => {
@@ -182,17 +208,6 @@ async fn load_existing(
                 .map_err(pg_err)?;
             row.as_ref().map(message_from_row).transpose()?
         }
-        None => None,
-    };
-    let crm_user = match target_user(n, call.as_ref()) {
-        Some(user) => sqlx::query_scalar::<_, String>(
-            "SELECT crm_user_id FROM dialpad_user_mappings WHERE app_id = $1 AND dialpad_user_id = $2",
-        )
-        .bind(app.0)
-        .bind(user.as_i64())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(pg_err)?,
         None => None,
     };
     Ok(Existing {
@@ -526,7 +541,11 @@ impl InboxStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(pg_err)?;
+        // Not a cached prepared statement: PostgreSQL would switch it to a generic plan after a
+        // few executions, and a generic plan of this query (LIMITs and times unknown) can scan
+        // the whole queue. Planning it per call costs about a millisecond.
         let rows = sqlx::query(CLAIM_SQL)
+            .persistent(false)
             .bind(now)
             .bind(until)
             .bind(claim_window(limit))
@@ -573,22 +592,18 @@ impl InboxStore for PgStore {
             }
             EventResult::Apply(n) => {
                 let mut tx = self.pool.begin().await.map_err(pg_err)?;
-                // Lease check, row lock and status change in one statement; a rollback undoes it.
-                let app: Option<Uuid> = sqlx::query_scalar(
-                    "UPDATE webhook_events SET status = 'done', processed_at = $3, locked_until = NULL, \
-                     last_error = NULL WHERE id = $1 AND status = 'processing' AND attempts = $2 \
-                     RETURNING app_id",
-                )
-                .bind(event_id)
-                .bind(attempt)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(pg_err)?;
-                let Some(app) = app.map(AppId) else {
+                let row = sqlx::query(LEASE_AND_LOCK_SQL)
+                    .bind(event_id)
+                    .bind(attempt)
+                    .bind(now)
+                    .bind(lock_names(&n))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(pg_err)?;
+                let Some(row) = row else {
                     return Err(StoreError::LeaseLost);
                 };
-                lock_records(&mut tx, app, &n).await?;
+                let app = AppId(col(&row, "app_id")?);
                 let existing = load_existing(&mut tx, app, &n).await?;
                 let applied = apply_event(app, &n, existing, now);
                 if let Some(c) = &applied.call {

@@ -333,8 +333,3 @@ pub(crate) fn lock_key(parts: &[&[u8]]) -> i64 {
     }
     h as i64
 }
-
-/// The key of an app-scoped record lock (`kind` = `b"call"` / `b"message"`).
-pub(crate) fn record_lock(app: AppId, kind: &[u8], id: DialpadId) -> i64 {
-    lock_key(&[b"cti", kind, app.0.as_bytes(), &id.0.to_be_bytes()])
-}
