@@ -920,3 +920,33 @@ fn sms_fixture_sequences() {
     assert_eq!(m.text, None);
     assert_eq!(m.direction, Some(Direction::Inbound));
 }
+
+/// The normaliser's fast path (`CallEvent::from_json_fields`) reads exactly what a full
+/// `CallEvent` deserialization reads, for every call fixture and for malformed variants.
+#[test]
+fn fast_call_parse_matches_full_deserialization() {
+    use cti_core::dialpad::CallEvent;
+    let mut checked = 0;
+    for entry in std::fs::read_dir(events_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if v.get("call_id").is_none() {
+            continue;
+        }
+        let mut full: CallEvent = serde_json::from_value(v.clone()).unwrap();
+        full.extra.clear();
+        assert_eq!(CallEvent::from_json_fields(&v).unwrap(), full, "{path:?}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} call fixtures");
+    for bad in [
+        json!({"call_id": "not-a-number", "state": "ringing"}),
+        json!({"call_id": 1, "state": 5}),
+        json!({"call_id": 1}),
+        json!({"call_id": 1, "state": "ringing", "target": "user"}),
+    ] {
+        let full = serde_json::from_value::<CallEvent>(bad.clone()).is_ok();
+        assert_eq!(CallEvent::from_json_fields(&bad).is_ok(), full, "{bad}");
+        assert!(!full, "{bad} should be rejected");
+    }
+}

@@ -120,7 +120,7 @@ fn is_sms_shape(payload: &Value) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 fn dialpad_call(payload: &Value, received_at: Timestamp) -> Normalized {
-    let ev: CallEvent = match serde_json::from_value(payload.clone()) {
+    let ev = match CallEvent::from_json_fields(payload) {
         Ok(ev) => ev,
         Err(e) => {
             if payload

@@ -60,7 +60,7 @@ fn walk(v: &mut Value, depth: usize) {
         }
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
-                if key.to_lowercase().contains("transcript") && value.is_string() {
+                if value.is_string() && mentions_transcript(key) {
                     if let Value::String(s) = value {
                         truncate_transcript(s);
                     }
@@ -83,6 +83,20 @@ fn walk(v: &mut Value, depth: usize) {
             }
         }
         _ => {}
+    }
+}
+
+/// `key.to_lowercase().contains("transcript")`, without allocating for ASCII keys (no
+/// non-ASCII character lower-cases to an ASCII letter of "transcript", so the ASCII
+/// comparison gives the same answer).
+fn mentions_transcript(key: &str) -> bool {
+    const NEEDLE: &[u8] = b"transcript";
+    if key.is_ascii() {
+        key.as_bytes()
+            .windows(NEEDLE.len())
+            .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    } else {
+        key.to_lowercase().contains("transcript")
     }
 }
 
