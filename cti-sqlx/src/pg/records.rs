@@ -1,4 +1,12 @@
 //! [`RecordStore`] and [`MappingStore`] on PostgreSQL.
+//!
+//! # List totals
+//!
+//! `Page::total` of calls, messages and voicemails never counts the table when it can be read
+//! from the per-app counters that triggers keep exact (migration `0002`):
+//! `call_counts (app, status, direction)`, `message_counts (app, direction)`,
+//! `voicemail_counts (app)`. Filters the counters cannot answer (exact numbers, Dialpad user)
+//! count their matches over the index of that filter — bounded by the number of matches.
 
 use std::collections::HashMap;
 
@@ -11,12 +19,28 @@ use uuid::Uuid;
 use super::PgStore;
 use super::rows::*;
 
+/// ` AND status IN (…)` for a status filter: literals in canonical order (a closed enum, so
+/// no injection), never a bound array — the planner must see the values to use the partial
+/// index `idx_calls_active` (its predicate is exactly the live view's list) and the per-status
+/// index, also under a generic plan.
+fn push_statuses(qb: &mut QueryBuilder<'_, Postgres>, f: &CallFilter) {
+    if let Some(st) = &f.statuses {
+        let list: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| st.contains(s))
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        if list.is_empty() {
+            qb.push(" AND false");
+        } else {
+            qb.push(format!(" AND status IN ({})", list.join(", ")));
+        }
+    }
+}
+
 fn call_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &CallFilter) {
     qb.push(" FROM calls WHERE app_id = ").push_bind(app.0);
-    if let Some(st) = &f.statuses {
-        let st: Vec<String> = st.iter().map(|s| s.as_str().to_string()).collect();
-        qb.push(" AND status = ANY(").push_bind(st).push(")");
-    }
+    push_statuses(qb, f);
     if let Some(d) = f.direction {
         qb.push(" AND direction = ").push_bind(d.as_str());
     }
@@ -25,6 +49,21 @@ fn call_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &CallFilter) {
     }
     if let Some(x) = &f.to {
         qb.push(" AND to_number = ").push_bind(x.clone());
+    }
+}
+
+/// The total of a call filter from `call_counts`, when the counters can answer it (no number
+/// filter).
+fn call_counter(f: &CallFilter) -> bool {
+    f.from.is_none() && f.to.is_none()
+}
+
+fn call_count_sql(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &CallFilter) {
+    qb.push("SELECT COALESCE(sum(n), 0)::bigint FROM call_counts WHERE app_id = ")
+        .push_bind(app.0);
+    push_statuses(qb, f);
+    if let Some(d) = f.direction {
+        qb.push(" AND direction = ").push_bind(d.as_str());
     }
 }
 
@@ -44,11 +83,28 @@ fn message_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &MessageFil
     }
 }
 
+fn message_counter(f: &MessageFilter) -> bool {
+    f.from.is_none() && f.to.is_none() && f.dialpad_user_id.is_none()
+}
+
+fn message_count_sql(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &MessageFilter) {
+    qb.push("SELECT COALESCE(sum(n), 0)::bigint FROM message_counts WHERE app_id = ")
+        .push_bind(app.0);
+    if let Some(d) = f.direction {
+        qb.push(" AND direction = ").push_bind(d.as_str());
+    }
+}
+
 fn voicemail_where(qb: &mut QueryBuilder<'_, Postgres>, app: AppId, f: &VoicemailFilter) {
     qb.push(" FROM voicemails WHERE app_id = ").push_bind(app.0);
     if let Some(u) = f.dialpad_user_id {
         qb.push(" AND dialpad_user_id = ").push_bind(u.as_i64());
     }
+}
+
+fn voicemail_count_sql(qb: &mut QueryBuilder<'_, Postgres>, app: AppId) {
+    qb.push("SELECT COALESCE(sum(n), 0)::bigint FROM voicemail_counts WHERE app_id = ")
+        .push_bind(app.0);
 }
 
 fn push_page(qb: &mut QueryBuilder<'_, Postgres>, page: PageRequest) {
@@ -58,35 +114,68 @@ fn push_page(qb: &mut QueryBuilder<'_, Postgres>, page: PageRequest) {
         .push_bind(i64_of(page.offset));
 }
 
+/// Appends ` FROM … WHERE …` (or, for a counter, a whole `SELECT`) to a query.
+type Sql<'f> = &'f (dyn Fn(&mut QueryBuilder<'_, Postgres>) + Send + Sync);
+
+/// How a list gets its total.
+enum Total<'f> {
+    /// From a counter table (the whole scalar `SELECT`), read by the page query itself.
+    Counter(Sql<'f>),
+    /// `count(*)` over the list's filter.
+    Scan,
+}
+
 impl PgStore {
-    /// Runs a filtered, ordered page query and its count.
+    /// One filtered, ordered page and its total.
+    ///
+    /// With a counter, the total is a scalar subquery of the page query: one statement, one
+    /// snapshot, one round trip (a second query only for a page past the end). Otherwise the
+    /// matches are counted — unless the first page already holds them all.
     async fn paged<T>(
         &self,
         cols: &str,
-        filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
+        filter: Sql<'_>,
+        total: Total<'_>,
         order: &str,
         page: PageRequest,
         decode: fn(&sqlx::postgres::PgRow) -> StoreResult<T>,
     ) -> StoreResult<Page<T>> {
         let mut qb = QueryBuilder::<Postgres>::new("SELECT ");
         qb.push(cols);
+        if let Total::Counter(counter) = &total {
+            qb.push(", (");
+            counter(&mut qb);
+            qb.push(") AS total");
+        }
         filter(&mut qb);
         qb.push(" ORDER BY ").push(order);
         push_page(&mut qb, page);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(pg_err)?;
         let items = all(&rows, decode)?;
-        let total = if page.offset == 0 && (items.len() as u64) < u64::from(page.limit) {
-            // The page holds every match: no need to count.
-            items.len() as u64
-        } else {
-            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
-            filter(&mut qb);
-            let n: i64 = qb
-                .build_query_scalar()
-                .fetch_one(&self.pool)
-                .await
-                .map_err(pg_err)?;
-            u64_of(n)?
+        let total = match (total, rows.first()) {
+            (Total::Counter(_), Some(row)) => u64_of(col::<i64>(row, "total")?)?,
+            // An empty first page: no match in that snapshot.
+            (_, None) if page.offset == 0 => 0,
+            (Total::Scan, _) if page.offset == 0 && items.len() < page.limit as usize => {
+                // The page holds every match: no need to count.
+                items.len() as u64
+            }
+            (total, _) => {
+                let mut qb = QueryBuilder::<Postgres>::new("");
+                match total {
+                    Total::Counter(counter) => counter(&mut qb),
+                    Total::Scan => {
+                        qb.push("SELECT count(*)");
+                        filter(&mut qb);
+                    }
+                }
+                let n: i64 = qb
+                    .build_query_scalar()
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(pg_err)?;
+                u64_of(n)?
+            }
         };
         Ok(Page { items, total })
     }
@@ -100,9 +189,15 @@ impl RecordStore for PgStore {
         filter: &CallFilter,
         page: PageRequest,
     ) -> StoreResult<Page<Call>> {
+        let counter = |qb: &mut QueryBuilder<'_, Postgres>| call_count_sql(qb, app, filter);
         self.paged(
             CALL_COLS,
-            |qb| call_where(qb, app, filter),
+            &|qb| call_where(qb, app, filter),
+            if call_counter(filter) {
+                Total::Counter(&counter)
+            } else {
+                Total::Scan
+            },
             "started_at DESC NULLS LAST, created_at DESC, id",
             page,
             call_from_row,
@@ -143,9 +238,15 @@ impl RecordStore for PgStore {
         filter: &MessageFilter,
         page: PageRequest,
     ) -> StoreResult<Page<Message>> {
+        let counter = |qb: &mut QueryBuilder<'_, Postgres>| message_count_sql(qb, app, filter);
         self.paged(
             MESSAGE_COLS,
-            |qb| message_where(qb, app, filter),
+            &|qb| message_where(qb, app, filter),
+            if message_counter(filter) {
+                Total::Counter(&counter)
+            } else {
+                Total::Scan
+            },
             "sent_at DESC NULLS LAST, created_at DESC, id",
             page,
             message_from_row,
@@ -170,9 +271,15 @@ impl RecordStore for PgStore {
         filter: &VoicemailFilter,
         page: PageRequest,
     ) -> StoreResult<Page<Voicemail>> {
+        let counter = |qb: &mut QueryBuilder<'_, Postgres>| voicemail_count_sql(qb, app);
         self.paged(
             VOICEMAIL_COLS,
-            |qb| voicemail_where(qb, app, filter),
+            &|qb| voicemail_where(qb, app, filter),
+            if filter.dialpad_user_id.is_none() {
+                Total::Counter(&counter)
+            } else {
+                Total::Scan
+            },
             "created_at DESC, id",
             page,
             voicemail_from_row,
@@ -314,10 +421,11 @@ impl MappingStore for PgStore {
     async fn list_mappings(&self, app: AppId, page: PageRequest) -> StoreResult<Page<UserMapping>> {
         self.paged(
             MAPPING_COLS,
-            |qb| {
+            &|qb| {
                 qb.push(" FROM dialpad_user_mappings WHERE app_id = ")
                     .push_bind(app.0);
             },
+            Total::Scan,
             "created_at DESC, id",
             page,
             mapping_from_row,

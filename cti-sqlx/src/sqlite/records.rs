@@ -1,10 +1,21 @@
 //! [`RecordStore`] and [`MappingStore`] on SQLite.
+//!
+//! # List totals
+//!
+//! `Page::total` of calls, messages and voicemails never counts the table when it can be
+//! read from the per-app counters that triggers keep exact (migration `0003`):
+//! `call_counts (app, status, direction)`, `message_counts (app, direction)`,
+//! `voicemail_counts (app)`. The counter is a scalar subquery of the page query itself, so the
+//! page and its total come from one statement (one snapshot, one round trip). Filters the
+//! counters cannot answer (exact numbers, Dialpad user) count their matches over the index of
+//! that filter — bounded by the number of matches, and skipped when the first page already
+//! holds every match.
 
 use async_trait::async_trait;
 use cti_core::model::*;
 use cti_core::store::*;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::rows::{self, CALL_COLS, MAPPING_COLS, MESSAGE_COLS, VOICEMAIL_COLS, int, map_fk, ts};
@@ -12,45 +23,146 @@ use super::{SqliteStore, begin_immediate};
 use crate::common::map_err;
 use sqlx::Connection;
 
+/// Appends a `WHERE` body (without the keyword) to a query.
+type Filter<'f> = &'f (dyn Fn(&mut QueryBuilder<'_, Sqlite>) + Send + Sync);
+
+/// How a list gets its total.
+enum Total<'f> {
+    /// From a counter table: pushes the whole `SELECT COALESCE(SUM(n), 0) FROM … WHERE …`.
+    Counter(Filter<'f>),
+    /// `COUNT(*)` over the list's own filter.
+    Scan,
+}
+
+/// A list query: table, columns, filter, order.
+struct ListQuery<'f> {
+    table: &'static str,
+    cols: &'static str,
+    filter: Filter<'f>,
+    order: &'static str,
+}
+
+impl ListQuery<'_> {
+    /// `SELECT cols[, (total) AS total] FROM table WHERE filter ORDER BY … LIMIT … OFFSET …`.
+    fn page_sql(
+        &self,
+        counter: Option<Filter<'_>>,
+        page: PageRequest,
+    ) -> QueryBuilder<'static, Sqlite> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {}", self.cols));
+        if let Some(c) = counter {
+            q.push(", (");
+            c(&mut q);
+            q.push(") AS total");
+        }
+        q.push(format!(" FROM {} WHERE ", self.table));
+        (self.filter)(&mut q);
+        q.push(format!(" ORDER BY {} LIMIT ", self.order));
+        q.push_bind(i64::from(page.limit));
+        q.push(" OFFSET ");
+        q.push_bind(int(page.offset));
+        q
+    }
+
+    fn count_sql(&self) -> QueryBuilder<'static, Sqlite> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM {} WHERE ", self.table));
+        (self.filter)(&mut q);
+        q
+    }
+}
+
+/// Statuses as SQL literals in canonical order (a closed enum: no injection), so the text
+/// for the live view is exactly the predicate of the partial index `calls_app_active`.
+/// `None` when the set is empty.
+fn status_list(statuses: &[CallStatus]) -> Option<String> {
+    let v: Vec<String> = CallStatus::ALL
+        .iter()
+        .filter(|st| statuses.contains(st))
+        .map(|st| format!("'{}'", st.as_str()))
+        .collect();
+    (!v.is_empty()).then(|| v.join(", "))
+}
+
+/// ` AND status IN (…)` (or ` AND 0` for an empty set) when the filter restricts statuses.
+fn push_statuses(q: &mut QueryBuilder<'_, Sqlite>, statuses: Option<&Option<String>>) {
+    match statuses {
+        None => {}
+        Some(None) => {
+            q.push(" AND 0");
+        }
+        Some(Some(list)) => {
+            q.push(format!(" AND status IN ({list})"));
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Runs `SELECT COUNT(*)` and the page query over the same filter, in one read snapshot.
+    /// One page and its total (see the module documentation).
     async fn page_of<T>(
         &self,
-        table: &str,
-        cols: &str,
-        filter: impl Fn(&mut QueryBuilder<'_, Sqlite>),
-        order: &str,
+        list: ListQuery<'_>,
+        total: Total<'_>,
         page: PageRequest,
         decode: fn(&SqliteRow) -> StoreResult<T>,
     ) -> StoreResult<Page<T>> {
         let mut r = self.read_conn().await?;
-        let mut tx = r.begin().await.map_err(map_err)?;
-        let mut count = QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM {table} WHERE "));
-        filter(&mut count);
-        let total: i64 = count
-            .build_query_scalar()
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {cols} FROM {table} WHERE "));
-        filter(&mut q);
-        q.push(format!(" ORDER BY {order} LIMIT "));
-        q.push_bind(i64::from(page.limit));
-        q.push(" OFFSET ");
-        q.push_bind(int(page.offset));
-        let items = q
-            .build()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .iter()
-            .map(decode)
-            .collect::<StoreResult<Vec<_>>>()?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(Page {
-            items,
-            total: rows::count(total),
-        })
+        match total {
+            Total::Counter(counter) => {
+                let rows = list
+                    .page_sql(Some(counter), page)
+                    .build()
+                    .fetch_all(&mut *r)
+                    .await
+                    .map_err(map_err)?;
+                let total: i64 = match rows.first() {
+                    Some(row) => row.try_get("total").map_err(map_err)?,
+                    // Nothing at offset 0: nothing at all (same snapshot).
+                    None if page.offset == 0 => 0,
+                    // Past the end: the total alone.
+                    None => {
+                        let mut q = QueryBuilder::<Sqlite>::new("");
+                        counter(&mut q);
+                        q.build_query_scalar()
+                            .fetch_one(&mut *r)
+                            .await
+                            .map_err(map_err)?
+                    }
+                };
+                let items = rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?;
+                Ok(Page {
+                    items,
+                    total: rows::count(total),
+                })
+            }
+            Total::Scan => {
+                // Page and count in one read snapshot.
+                let mut tx = r.begin().await.map_err(map_err)?;
+                let items = list
+                    .page_sql(None, page)
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .iter()
+                    .map(decode)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let total = if page.offset == 0 && items.len() < page.limit as usize {
+                    // The page holds every match.
+                    items.len() as u64
+                } else {
+                    let n: i64 = list
+                        .count_sql()
+                        .build_query_scalar()
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    rows::count(n)
+                };
+                tx.commit().await.map_err(map_err)?;
+                Ok(Page { items, total })
+            }
+        }
     }
 
     async fn one<T>(
@@ -79,26 +191,13 @@ impl RecordStore for SqliteStore {
         page: PageRequest,
     ) -> StoreResult<Page<Call>> {
         let app_s = app.0.to_string();
-        // Statuses are a closed enum: written as literals in canonical order, so the query
-        // text for the live view is exactly the partial index `calls_app_active`'s predicate.
-        let statuses = filter.statuses.as_ref().map(|s| {
-            CallStatus::ALL
-                .iter()
-                .filter(|st| s.contains(st))
-                .map(|st| format!("'{}'", st.as_str()))
-                .collect::<Vec<_>>()
-        });
+        let statuses = filter.statuses.as_deref().map(status_list);
+        let direction = filter.direction.map(Direction::as_str);
         let f = |q: &mut QueryBuilder<'_, Sqlite>| {
             q.push("app_id = ").push_bind(app_s.clone());
-            if let Some(st) = &statuses {
-                if st.is_empty() {
-                    q.push(" AND 0");
-                } else {
-                    q.push(format!(" AND status IN ({})", st.join(",")));
-                }
-            }
-            if let Some(d) = filter.direction {
-                q.push(" AND direction = ").push_bind(d.as_str());
+            push_statuses(q, statuses.as_ref());
+            if let Some(d) = direction {
+                q.push(" AND direction = ").push_bind(d);
             }
             if let Some(from) = &filter.from {
                 q.push(" AND from_number = ").push_bind(from.clone());
@@ -107,15 +206,26 @@ impl RecordStore for SqliteStore {
                 q.push(" AND to_number = ").push_bind(to.clone());
             }
         };
-        self.page_of(
-            "calls",
-            CALL_COLS,
-            f,
-            "started_at DESC, created_at DESC, id",
-            page,
-            rows::call,
-        )
-        .await
+        let counter = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push("SELECT COALESCE(SUM(n), 0) FROM call_counts WHERE app_id = ")
+                .push_bind(app_s.clone());
+            push_statuses(q, statuses.as_ref());
+            if let Some(d) = direction {
+                q.push(" AND direction = ").push_bind(d);
+            }
+        };
+        let total = if filter.from.is_none() && filter.to.is_none() {
+            Total::Counter(&counter)
+        } else {
+            Total::Scan
+        };
+        let list = ListQuery {
+            table: "calls",
+            cols: CALL_COLS,
+            filter: &f,
+            order: "started_at DESC, created_at DESC, id",
+        };
+        self.page_of(list, total, page, rows::call).await
     }
 
     async fn get_call(&self, app: AppId, id: Uuid) -> StoreResult<Option<Call>> {
@@ -146,10 +256,11 @@ impl RecordStore for SqliteStore {
         page: PageRequest,
     ) -> StoreResult<Page<Message>> {
         let app_s = app.0.to_string();
+        let direction = filter.direction.map(Direction::as_str);
         let f = |q: &mut QueryBuilder<'_, Sqlite>| {
             q.push("app_id = ").push_bind(app_s.clone());
-            if let Some(d) = filter.direction {
-                q.push(" AND direction = ").push_bind(d.as_str());
+            if let Some(d) = direction {
+                q.push(" AND direction = ").push_bind(d);
             }
             if let Some(from) = &filter.from {
                 q.push(" AND from_number = ").push_bind(from.clone());
@@ -161,15 +272,26 @@ impl RecordStore for SqliteStore {
                 q.push(" AND dialpad_user_id = ").push_bind(u.as_i64());
             }
         };
-        self.page_of(
-            "messages",
-            MESSAGE_COLS,
-            f,
-            "sent_at DESC, created_at DESC, id",
-            page,
-            rows::message,
-        )
-        .await
+        let counter = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push("SELECT COALESCE(SUM(n), 0) FROM message_counts WHERE app_id = ")
+                .push_bind(app_s.clone());
+            if let Some(d) = direction {
+                q.push(" AND direction = ").push_bind(d);
+            }
+        };
+        let total =
+            if filter.from.is_none() && filter.to.is_none() && filter.dialpad_user_id.is_none() {
+                Total::Counter(&counter)
+            } else {
+                Total::Scan
+            };
+        let list = ListQuery {
+            table: "messages",
+            cols: MESSAGE_COLS,
+            filter: &f,
+            order: "sent_at DESC, created_at DESC, id",
+        };
+        self.page_of(list, total, page, rows::message).await
     }
 
     async fn get_message(&self, app: AppId, id: Uuid) -> StoreResult<Option<Message>> {
@@ -190,15 +312,22 @@ impl RecordStore for SqliteStore {
                 q.push(" AND dialpad_user_id = ").push_bind(u.as_i64());
             }
         };
-        self.page_of(
-            "voicemails",
-            VOICEMAIL_COLS,
-            f,
-            "created_at DESC, id",
-            page,
-            rows::voicemail,
-        )
-        .await
+        let counter = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push("SELECT COALESCE(SUM(n), 0) FROM voicemail_counts WHERE app_id = ")
+                .push_bind(app_s.clone());
+        };
+        let total = if filter.dialpad_user_id.is_none() {
+            Total::Counter(&counter)
+        } else {
+            Total::Scan
+        };
+        let list = ListQuery {
+            table: "voicemails",
+            cols: VOICEMAIL_COLS,
+            filter: &f,
+            order: "created_at DESC, id",
+        };
+        self.page_of(list, total, page, rows::voicemail).await
     }
 
     async fn get_voicemail(&self, app: AppId, id: Uuid) -> StoreResult<Option<Voicemail>> {
@@ -327,15 +456,13 @@ impl MappingStore for SqliteStore {
         let f = |q: &mut QueryBuilder<'_, Sqlite>| {
             q.push("app_id = ").push_bind(app_s.clone());
         };
-        self.page_of(
-            "dialpad_user_mappings",
-            MAPPING_COLS,
-            f,
-            "created_at DESC, id",
-            page,
-            rows::mapping,
-        )
-        .await
+        let list = ListQuery {
+            table: "dialpad_user_mappings",
+            cols: MAPPING_COLS,
+            filter: &f,
+            order: "created_at DESC, id",
+        };
+        self.page_of(list, Total::Scan, page, rows::mapping).await
     }
 
     async fn delete_mapping(&self, app: AppId, id: Uuid) -> StoreResult<bool> {
