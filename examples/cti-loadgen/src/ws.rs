@@ -1,0 +1,584 @@
+//! WebSocket mode.
+//!
+//! * **Delivery** (default): N clients connect to `/ws?api_key=…` (optionally on another server
+//!   instance), then one `ringing` webhook per fresh call is posted at a fixed rate (open loop).
+//!   The send instant of every webhook is recorded by call id; each client matches the
+//!   `call_id` of every message it receives and records `receipt − send` in its histogram, and
+//!   counts unique, duplicate and foreign messages. Every client must receive every accepted
+//!   call exactly once.
+//! * **Idle** (`idle`): N authenticated sockets that only answer heartbeats; the server's
+//!   `VmRSS` (from `/proc/<pid>/status`) before and after gives its memory per connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::control::{self, ResourceProbe, Resources};
+use crate::http::Endpoint;
+use crate::load::{self, LoadOptions, LoadReport, Rate};
+use crate::payload::{AuthPath, Mix};
+use crate::stats::{self, LatencySummary};
+use crate::webhook::{Preparation, SourceSpec, WebhookSource};
+use crate::{Error, Result, Target};
+
+/// Options of a WebSocket run.
+#[derive(Clone, Debug)]
+pub struct WsOptions {
+    /// Server receiving the webhooks, and the tenant.
+    pub target: Target,
+    /// Base URL of the server the sockets connect to (`http://…`; another instance for a
+    /// two-instance run). Defaults to `target.url`.
+    pub ws_url: Option<String>,
+    /// Number of sockets.
+    pub clients: usize,
+    /// Webhooks per second (delivery mode).
+    pub rate: f64,
+    /// Sending time (delivery mode).
+    pub duration: Duration,
+    /// Webhook auth path.
+    pub auth: AuthPath,
+    /// Cap on webhook connections in flight.
+    pub connections: usize,
+    /// Hold idle sockets and measure memory instead of sending.
+    pub idle: bool,
+    /// How long idle sockets are held after they are all connected.
+    pub hold: Duration,
+    /// The server process whose `VmRSS` (idle mode) and CPU time are read.
+    pub server_pid: Option<u32>,
+    /// Handshakes in flight while connecting.
+    pub connect_concurrency: usize,
+    /// How long to wait for the last deliveries after sending.
+    pub delivery_timeout: Duration,
+    /// Per-request timeout of the webhooks.
+    pub timeout: Duration,
+}
+
+impl WsOptions {
+    /// Defaults for `target`: 10 clients, 50 webhooks/s for 2 s.
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            ws_url: None,
+            clients: 10,
+            rate: 50.0,
+            duration: Duration::from_secs(2),
+            auth: AuthPath::Jwt,
+            connections: 64,
+            idle: false,
+            hold: Duration::from_secs(2),
+            server_pid: None,
+            connect_concurrency: 128,
+            delivery_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Delivery counts over all clients.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeliveryReport {
+    /// Accepted calls, i.e. messages every client should get.
+    pub expected_per_client: u64,
+    /// Clients that got every expected message exactly once and nothing else of this run.
+    pub clients_exactly_once: u64,
+    /// Fewest unique messages a client got.
+    pub min_received: u64,
+    /// Most unique messages a client got.
+    pub max_received: u64,
+    /// Messages received twice or more (all clients).
+    pub duplicates: u64,
+    /// Expected messages never received (all clients).
+    pub missing: u64,
+    /// Messages not from this run (other calls of the app, pongs, …).
+    pub foreign: u64,
+    /// Time waited after sending for the last deliveries (s).
+    pub wait_s: f64,
+    /// Unique messages per client.
+    pub per_client: Vec<u64>,
+}
+
+/// Server memory per idle socket.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IdleReport {
+    /// Sockets held.
+    pub sockets: u64,
+    /// Server `VmRSS` before connecting (KiB).
+    pub rss_before_kib: u64,
+    /// Server `VmRSS` with every socket connected (KiB).
+    pub rss_after_kib: u64,
+    /// `(after − before) / sockets` in bytes.
+    pub bytes_per_socket: f64,
+    /// Server `VmRSS` after the sockets were closed (KiB).
+    pub rss_after_close_kib: Option<u64>,
+}
+
+/// Everything a WebSocket run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct WsReport {
+    /// Sockets requested.
+    pub clients: u64,
+    /// Sockets connected.
+    pub connected: u64,
+    /// Failed handshakes.
+    pub connect_failures: u64,
+    /// First failure text.
+    pub connect_error: Option<String>,
+    /// Time to connect them all (s).
+    pub connect_s: f64,
+    /// This process's `RLIMIT_NOFILE` soft limit after raising it.
+    pub nofile_limit: Option<u64>,
+    /// `websocket.connections_total` of the socket server once everything was connected.
+    pub server_ws_connections: Option<u64>,
+    /// Payload preparation (delivery mode).
+    pub preparation: Option<Preparation>,
+    /// Webhook load (delivery mode).
+    pub webhook: Option<LoadReport>,
+    /// CPU use and machine load while sending (delivery mode).
+    pub resources: Option<Resources>,
+    /// Delivery counts (delivery mode).
+    pub delivery: Option<DeliveryReport>,
+    /// Webhook→WebSocket latency, from the webhook's send instant to receipt (delivery mode).
+    pub latency: Option<LatencySummary>,
+    /// Memory per idle socket (idle mode with a server pid).
+    pub idle: Option<IdleReport>,
+}
+
+impl WsReport {
+    /// All sockets connected; in delivery mode every webhook answered `200` and every client
+    /// received every accepted call exactly once.
+    pub fn all_ok(&self) -> bool {
+        let connected = self.connected == self.clients && self.connect_failures == 0;
+        let webhooks = self
+            .webhook
+            .as_ref()
+            .is_none_or(|l| l.errors == 0 && l.completed == l.sent && l.count(200) == l.completed);
+        let delivered = self
+            .delivery
+            .as_ref()
+            .is_none_or(|d| d.clients_exactly_once == self.clients);
+        connected && webhooks && delivered
+    }
+}
+
+/// The socket URL for `base` (`http` → `ws`) and `api_key`.
+pub fn socket_url(base: &str, api_key: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws}/ws?api_key={api_key}")
+}
+
+/// Extracts the Dialpad `call_id` of a message (`"call_id":"123"` or `"call_id":123`).
+pub fn message_call_id(text: &str) -> Option<u64> {
+    let at = text.find("\"call_id\":")?;
+    let rest = text[at + 10..].trim_start().trim_start_matches('"');
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// What one client saw.
+struct ClientResult {
+    connected: bool,
+    error: Option<String>,
+    unique: u64,
+    duplicates: u64,
+    foreign: u64,
+    latency: Histogram<u64>,
+}
+
+/// Shared by the clients: how to map a message to a request.
+struct Matcher {
+    call_id_base: u64,
+    n: u64,
+    source: Option<Arc<WebhookSource>>,
+    unique_total: AtomicU64,
+}
+
+fn client_config() -> WebSocketConfig {
+    // Small buffers: thousands of clients in one process.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+}
+
+async fn client(
+    url: String,
+    gate: Arc<Semaphore>,
+    ready: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    matcher: Arc<Matcher>,
+    mut stop: watch::Receiver<bool>,
+) -> ClientResult {
+    let mut r = ClientResult {
+        connected: false,
+        error: None,
+        unique: 0,
+        duplicates: 0,
+        foreign: 0,
+        latency: stats::histogram(),
+    };
+    let permit = gate.acquire_owned().await;
+    let connected =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(client_config()), true)
+            .await;
+    drop(permit);
+    let mut stream = match connected {
+        Ok((s, _)) => s,
+        Err(e) => {
+            r.error = Some(e.to_string());
+            failed.fetch_add(1, Ordering::Relaxed);
+            return r;
+        }
+    };
+    r.connected = true;
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut seen = vec![0u64; (matcher.n as usize).div_ceil(64)];
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let now = Instant::now();
+                    let idx = message_call_id(text.as_str())
+                        .and_then(|id| id.checked_sub(matcher.call_id_base))
+                        .filter(|i| *i < matcher.n);
+                    let Some(i) = idx else {
+                        r.foreign += 1;
+                        continue;
+                    };
+                    let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+                    if seen[word] & bit != 0 {
+                        r.duplicates += 1;
+                        continue;
+                    }
+                    seen[word] |= bit;
+                    r.unique += 1;
+                    matcher.unique_total.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent) = matcher.source.as_ref().and_then(|s| s.send_time(i)) {
+                        stats::record(&mut r.latency, now.saturating_duration_since(sent));
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    r.error = Some(format!("server closed the socket: {frame:?}"));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    r.error = Some(e.to_string());
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = stream.close(None).await;
+    r
+}
+
+/// Starts `n` clients and waits (bounded) until each connected or failed.
+async fn connect_all(
+    opts: &WsOptions,
+    matcher: Arc<Matcher>,
+    stop: &watch::Receiver<bool>,
+) -> (
+    Vec<tokio::task::JoinHandle<ClientResult>>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    f64,
+) {
+    let base = opts.ws_url.as_deref().unwrap_or(&opts.target.url);
+    let url = socket_url(base, &opts.target.api_key);
+    let gate = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
+    let ready = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..opts.clients)
+        .map(|_| {
+            tokio::spawn(client(
+                url.clone(),
+                gate.clone(),
+                ready.clone(),
+                failed.clone(),
+                matcher.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let deadline = t0 + Duration::from_secs(60);
+    while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < opts.clients as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_s = t0.elapsed().as_secs_f64();
+    (handles, ready, failed, connect_s)
+}
+
+/// Runs WebSocket mode.
+pub async fn run(opts: &WsOptions) -> Result<WsReport> {
+    let nofile_limit = crate::raise_nofile_limit().ok();
+    if opts.idle {
+        return run_idle(opts, nofile_limit).await;
+    }
+    let ep = Endpoint::parse(&opts.target.url).await?;
+    let n = (opts.rate * opts.duration.as_secs_f64()).ceil() as u64;
+    let spec = SourceSpec {
+        auth: opts.auth,
+        mix: Mix::Ringing,
+        duplicates: 0.0,
+        requests: n,
+        presign_mib: 1024,
+        record_send_times: true,
+    };
+    let (source, preparation) = WebhookSource::prepare(ep.clone(), &opts.target, &spec)?;
+    let source = Arc::new(source);
+    let matcher = Arc::new(Matcher {
+        call_id_base: source.plan().call_id_base,
+        n,
+        source: Some(source.clone()),
+        unique_total: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (handles, ready, failed, connect_s) = connect_all(opts, matcher.clone(), &stop_rx).await;
+    let ws_base = opts
+        .ws_url
+        .clone()
+        .unwrap_or_else(|| opts.target.url.clone());
+    let server_ws_connections = control::gauges(&control::client(), &ws_base)
+        .await
+        .ok()
+        .map(|g| g.ws_connections);
+
+    let load_opts = LoadOptions {
+        rate: Rate::Fixed(opts.rate),
+        connections: opts.connections,
+        duration: opts.duration,
+        max_requests: Some(n),
+        timeout: opts.timeout,
+    };
+    let probe = ResourceProbe::start(opts.server_pid);
+    let webhook = load::run(&ep, source.clone(), &load_opts).await;
+
+    // Wait for the last deliveries.
+    let connected = ready.load(Ordering::Relaxed);
+    let expected = source.accepted_calls();
+    let t_wait = Instant::now();
+    let deadline = t_wait + opts.delivery_timeout;
+    while matcher.unique_total.load(Ordering::Relaxed) < expected * connected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wait_s = t_wait.elapsed().as_secs_f64();
+    let resources = probe.finish(webhook.completed);
+    let _ = stop_tx.send(true);
+
+    let mut latency = stats::histogram();
+    let mut delivery = DeliveryReport {
+        expected_per_client: expected,
+        wait_s,
+        min_received: u64::MAX,
+        ..DeliveryReport::default()
+    };
+    let mut connect_error = None;
+    for h in handles {
+        let Ok(r) = h.await else { continue };
+        if !r.connected {
+            connect_error = connect_error.or(r.error);
+            continue;
+        }
+        let _ = latency.add(&r.latency);
+        delivery.per_client.push(r.unique);
+        delivery.min_received = delivery.min_received.min(r.unique);
+        delivery.max_received = delivery.max_received.max(r.unique);
+        delivery.duplicates += r.duplicates;
+        delivery.foreign += r.foreign;
+        delivery.missing += expected.saturating_sub(r.unique);
+        if r.unique == expected && r.duplicates == 0 {
+            delivery.clients_exactly_once += 1;
+        }
+    }
+    if delivery.per_client.is_empty() {
+        delivery.min_received = 0;
+    }
+    Ok(WsReport {
+        clients: opts.clients as u64,
+        connected,
+        connect_failures: failed.load(Ordering::Relaxed),
+        connect_error,
+        connect_s,
+        nofile_limit,
+        server_ws_connections,
+        preparation: Some(preparation),
+        webhook: Some(webhook),
+        resources: Some(resources),
+        delivery: Some(delivery),
+        latency: Some(LatencySummary::from_histogram(&latency)),
+        idle: None,
+    })
+}
+
+async fn run_idle(opts: &WsOptions, nofile_limit: Option<u64>) -> Result<WsReport> {
+    let rss = |pid: Option<u32>| -> Result<Option<u64>> { pid.map(control::rss_kib).transpose() };
+    let before = rss(opts.server_pid)?;
+    let matcher = Arc::new(Matcher {
+        call_id_base: 0,
+        n: 0,
+        source: None,
+        unique_total: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (handles, ready, failed, connect_s) = connect_all(opts, matcher, &stop_rx).await;
+    // Let the server settle (allocator, task stacks) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss(opts.server_pid)?;
+    let ws_base = opts
+        .ws_url
+        .clone()
+        .unwrap_or_else(|| opts.target.url.clone());
+    let server_ws_connections = control::gauges(&control::client(), &ws_base)
+        .await
+        .ok()
+        .map(|g| g.ws_connections);
+    tokio::time::sleep(opts.hold).await;
+    let _ = stop_tx.send(true);
+    let mut connect_error = None;
+    for h in handles {
+        if let Ok(r) = h.await
+            && !r.connected
+        {
+            connect_error = connect_error.or(r.error);
+        }
+    }
+    let connected = ready.load(Ordering::Relaxed);
+    let idle = match (before, after) {
+        (Some(b), Some(a)) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some(IdleReport {
+                sockets: connected,
+                rss_before_kib: b,
+                rss_after_kib: a,
+                bytes_per_socket: if connected > 0 {
+                    (a as f64 - b as f64) * 1024.0 / connected as f64
+                } else {
+                    0.0
+                },
+                rss_after_close_kib: rss(opts.server_pid).ok().flatten(),
+            })
+        }
+        _ => None,
+    };
+    if opts.server_pid.is_some() && idle.is_none() {
+        return Err(Error::new("could not read the server's VmRSS"));
+    }
+    Ok(WsReport {
+        clients: opts.clients as u64,
+        connected,
+        connect_failures: failed.load(Ordering::Relaxed),
+        connect_error,
+        connect_s,
+        nofile_limit,
+        server_ws_connections,
+        preparation: None,
+        webhook: None,
+        resources: None,
+        delivery: None,
+        latency: None,
+        idle,
+    })
+}
+
+impl std::fmt::Display for WsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "websocket: {}/{} sockets connected in {:.2} s ({} failed{}), server reports {} connections, nofile limit {}",
+            self.connected,
+            self.clients,
+            self.connect_s,
+            self.connect_failures,
+            self.connect_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            self.server_ws_connections
+                .map_or("?".to_string(), |c| c.to_string()),
+            self.nofile_limit.map_or("?".to_string(), |c| c.to_string()),
+        )?;
+        if let Some(w) = &self.webhook {
+            writeln!(f, "  webhooks:\n{w}")?;
+        }
+        if let Some(r) = &self.resources {
+            writeln!(f, "{r} (including socket delivery)")?;
+        }
+        if let Some(d) = &self.delivery {
+            writeln!(
+                f,
+                "  delivery: {} expected per client; {} clients exactly once; unique min {} max {}; duplicates {}, missing {}, foreign {} (waited {:.2} s after sending)",
+                d.expected_per_client,
+                d.clients_exactly_once,
+                d.min_received,
+                d.max_received,
+                d.duplicates,
+                d.missing,
+                d.foreign,
+                d.wait_s
+            )?;
+        }
+        if let Some(l) = &self.latency {
+            writeln!(f, "  webhook→websocket latency {l}")?;
+        }
+        if let Some(i) = &self.idle {
+            writeln!(
+                f,
+                "  idle: server VmRSS {} KiB → {} KiB with {} sockets = {:.0} bytes/socket (after close: {} KiB)",
+                i.rss_before_kib,
+                i.rss_after_kib,
+                i.sockets,
+                i.bytes_per_socket,
+                i.rss_after_close_kib
+                    .map_or("?".to_string(), |v| v.to_string())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_from_messages() {
+        assert_eq!(
+            message_call_id(r#"{"event":"call.ring","call_id":"1234567890123456","seq":3}"#),
+            Some(1_234_567_890_123_456)
+        );
+        assert_eq!(message_call_id(r#"{"call_id": 42}"#), Some(42));
+        assert_eq!(message_call_id(r#"{"type":"pong"}"#), None);
+    }
+
+    #[test]
+    fn socket_urls() {
+        assert_eq!(
+            socket_url("http://127.0.0.1:4000/", "raw_x"),
+            "ws://127.0.0.1:4000/ws?api_key=raw_x"
+        );
+    }
+}
