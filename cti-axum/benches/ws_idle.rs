@@ -213,7 +213,11 @@ fn spawn_server(heartbeat_ms: u64) -> ServerProcess {
         .read_line(&mut line)
         .expect("read READY line");
     let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("READY"), "unexpected child output {line:?}");
+    assert_eq!(
+        parts.next(),
+        Some("READY"),
+        "unexpected child output {line:?}"
+    );
     let port = parts.next().and_then(|p| p.parse().ok()).expect("port");
     let key = parts.next().expect("key").to_string();
     ServerProcess { child, port, key }
@@ -241,7 +245,14 @@ async fn server_connections(port: u16) -> u64 {
 
 /// Opens one client and keeps reading it (answering pings) until `stop` fires.
 async fn idle_client(url: String, stop: tokio::sync::watch::Receiver<bool>) -> bool {
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+    // Small client buffers: only the server's memory is measured, but 10,000 clients with the
+    // 128 KiB defaults would need over a gigabyte.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
+    let Ok((mut ws, _)) =
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true).await
+    else {
         return false;
     };
     tokio::spawn(async move {
@@ -282,7 +293,12 @@ async fn settled_rss(pid: u32) -> (u64, u64) {
     (last, status_kb(pid, "RssAnon"))
 }
 
-async fn open(url: &str, n: u64, concurrency: usize, stop: &tokio::sync::watch::Sender<bool>) -> u64 {
+async fn open(
+    url: &str,
+    n: u64,
+    concurrency: usize,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> u64 {
     let opened = futures::stream::iter(0..n)
         .map(|_| idle_client(url.to_string(), stop.subscribe()))
         .buffer_unordered(concurrency)
@@ -337,7 +353,10 @@ async fn measure(args: Args) -> ExitCode {
         connect_time.as_secs_f64(),
         opened as f64 / connect_time.as_secs_f64().max(1e-9)
     );
-    println!("  heartbeat                          : {} ms", args.heartbeat_ms);
+    println!(
+        "  heartbeat                          : {} ms",
+        args.heartbeat_ms
+    );
     println!("  server VmRSS baseline → with sockets: {base_rss} kB → {rss} kB");
     println!(
         "  RSS per idle socket                : {:.0} bytes (RssAnon: {:.0} bytes)",

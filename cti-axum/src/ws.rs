@@ -4,14 +4,18 @@
 //!   parameter or the `x-app-api-key` header; a missing key answers `401 {"error":"Unauthorized"}`,
 //!   an unknown/revoked key or an inactive app `403 {"error":"Forbidden"}`.
 //! * `crm_user_id` narrows the socket to one CRM user's channel; `since=<seq>` resumes after a
-//!   disconnect without gaps or duplicates (the hub is subscribed before the backlog is read).
+//!   disconnect without gaps or duplicates (the hub is subscribed before the backlog is read,
+//!   live events at or below the last sequence number sent are skipped).
 //! * Every event is sent as one text frame holding [`PublishedEvent::to_wire`].
 //! * One task per socket multiplexes the subscription, inbound frames and the heartbeat with
-//!   `tokio::select!`; buffers are sized small so idle sockets stay cheap.
+//!   `tokio::select!`. Buffers are sized deliberately and writes are boxed so an idle socket
+//!   costs about 3 kB of server memory (see `benches/ws_idle.rs`).
 //!
-//! Application close codes: `4001` key rotated/revoked or app deactivated, `4002` resume position
-//! no longer retained (after a `resync_required` message), `4008` client too slow (after a
-//! `lagged` message), `1001` server shutting down.
+//! Close codes: `4001` key rotated/revoked or app deactivated (also when changed by another
+//! process: the subscription remembers its key, see [`Cti::subscribe_with_key`]), `4002` resume
+//! position no longer retained (after a `resync_required` message), `4008` client too slow
+//! (after a `lagged` message), `1001` server shutting down, `1011` store unavailable while
+//! replaying a resume backlog.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,9 +29,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cti_core::Cti;
-use cti_core::fanout::{Delivery, Subscription};
-use cti_core::inbox::ResumeError;
-use cti_core::model::App;
+use cti_core::fanout::{Delivery, DrainGuard, Subscription};
+use cti_core::model::AppId;
 use cti_core::store::PublishedEvent;
 use serde::Deserialize;
 use serde_json::json;
@@ -35,19 +38,32 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AppState;
 
-/// Read buffer of a socket: inbound traffic is tiny (pongs, optional JSON pings).
-const READ_BUFFER: usize = 4 * 1024;
-/// Outbound bytes buffered before they are written to the stream.
+/// Read buffer of a socket. Inbound traffic is tiny (pongs, optional JSON pings) and this
+/// buffer is allocated — and zero-filled on the first read — for every socket, so it is kept
+/// small; a larger frame (up to `ws_max_frame`) grows it on demand.
+const READ_BUFFER: usize = 256;
+/// Outbound bytes gathered before they are written to the stream. Every message is flushed
+/// right away, so this is only a threshold; nothing is allocated up front.
 const WRITE_BUFFER: usize = 4 * 1024;
-/// Cap of the outbound buffer: one message at a time is written and flushed, so this only has to
-/// hold the largest event (a voicemail with a long transcript). It is a limit, not an allocation.
+/// Cap of the outbound buffer: one message at a time is written and flushed, so this only has
+/// to hold the largest event (a voicemail with a long transcript). A limit, not an allocation.
 const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + 256 * 1024;
 /// Longest accepted `crm_user_id`.
 const MAX_CRM_USER_LEN: usize = 255;
+/// Resume backlog read from the store per page (bounds the memory of a resuming socket).
+const REPLAY_PAGE: usize = 256;
+/// A resume further behind than this many events is refused with `resync_required`.
+const MAX_REPLAY: usize = 100_000;
+/// How long a closing socket waits for the peer's close frame (at most one heartbeat).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Close code: key rotated/revoked or app deactivated.
+pub const CLOSE_KEY_CHANGED: u16 = 4001;
 /// Close code: the resume position is older than the retained window.
 pub const CLOSE_RESYNC: u16 = 4002;
 /// Close code: the client could not keep up and its subscription was dropped.
 pub const CLOSE_LAGGED: u16 = 4008;
+/// Close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Routes: exactly `GET /ws`.
 pub fn routes(state: AppState) -> Router {
@@ -65,8 +81,8 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// Where the socket starts: live only, a backlog to replay first, or a resume that cannot be
-/// served.
+/// Where the socket starts: live only, a backlog to replay first (its first page), or a
+/// resume that cannot be served.
 enum Start {
     Live,
     Backlog(Vec<PublishedEvent>),
@@ -98,13 +114,11 @@ async fn upgrade(
     let Some(key) = key else {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized");
     };
-    let app = match state.cti.authenticate(key).await {
-        Ok(Some(app)) => app,
+    let cti = &state.cti;
+    let app = match cti.authenticate(key).await {
+        Ok(Some(app)) => app.id,
         Ok(None) => return error(StatusCode::FORBIDDEN, "Forbidden"),
-        Err(e) => {
-            tracing::warn!(error = %e, "websocket authentication failed: store unavailable");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
-        }
+        Err(e) => return unavailable("authentication", &e),
     };
     let crm_user = query.crm_user_id.filter(|c| !c.is_empty());
     if crm_user
@@ -127,43 +141,55 @@ async fn upgrade(
     };
 
     // Subscribe before answering `101` so nothing committed after the handshake is missed, and
-    // before reading the backlog so the two overlap instead of leaving a gap.
-    let subscription = state.cti.subscribe(app.id, crm_user.clone());
+    // before reading the backlog so the two overlap instead of leaving a gap. The subscription
+    // remembers the key: it is closed with 4001 when the key stops working.
+    let guard = cti.hub().drain_guard();
+    let subscription = cti.subscribe_with_key(app, crm_user.clone(), key);
+    // A rotation/revocation that committed between the check above and the subscription
+    // could not close it: check once more now that it is registered.
+    match cti.authenticate(key).await {
+        Ok(Some(again)) if again.id == app => {}
+        Ok(_) => return error(StatusCode::FORBIDDEN, "Forbidden"),
+        Err(e) => return unavailable("authentication", &e),
+    }
     let start = match since {
         None => Start::Live,
-        Some(since) => match state.cti.events_since(app.id, since).await {
-            Ok(events) => Start::Backlog(events),
-            Err(ResumeError::TooOld { oldest, .. }) => Start::TooOld { oldest },
-            Err(ResumeError::Store(e)) => {
-                tracing::warn!(app = %app.id, error = %e, "websocket resume failed: store unavailable");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
-            }
+        Some(since) => match cti.store().events_since(app, since, REPLAY_PAGE).await {
+            Ok(page) => match page.first() {
+                Some(first) if first.seq > since.saturating_add(1) => {
+                    Start::TooOld { oldest: first.seq }
+                }
+                _ => Start::Backlog(page),
+            },
+            Err(e) => return unavailable("resume", &e),
         },
     };
 
     let session = Session {
-        cti: state.cti.clone(),
+        cti: cti.clone(),
         app,
         crm_user,
         last_sent: since.unwrap_or(0),
         heartbeat: state.config.ws_heartbeat.max(Duration::from_millis(10)),
     };
-    let app_id = session.app.id;
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(state.config.ws_max_frame)
         .max_frame_size(state.config.ws_max_frame)
-        .on_failed_upgrade(
-            move |e| tracing::debug!(app = %app_id, error = %e, "websocket upgrade failed"),
-        )
-        .on_upgrade(move |socket| session.run(socket, subscription, start))
+        .on_failed_upgrade(move |e| tracing::debug!(%app, error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| session.run(socket, subscription, start, guard))
 }
 
-/// State of one connected socket.
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "websocket {what} failed: store unavailable");
+    error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable")
+}
+
+/// State of one connected socket. Kept small: one of these lives in every idle socket's task.
 struct Session {
     cti: Cti,
-    app: App,
+    app: AppId,
     crm_user: Option<String>,
     /// Highest sequence number sent (or the resume position): live events at or below it are
     /// duplicates of the backlog and skipped.
@@ -182,48 +208,117 @@ enum End {
 }
 
 impl Session {
-    async fn run(mut self, mut socket: WebSocket, mut subscription: Subscription, start: Start) {
-        tracing::debug!(app = %self.app.id, crm_user = self.crm_user.is_some(), "websocket connected");
-        let end = match start {
-            Start::TooOld { oldest } => {
-                let msg = json!({
-                    "type": "resync_required",
-                    "reason": "the requested position is no longer retained; resync through the REST API",
-                    "oldest_seq": oldest,
-                });
-                if self.send(&mut socket, Message::text(msg.to_string())).await {
-                    End::Close(CLOSE_RESYNC, "resync required".into())
-                } else {
-                    End::Drop
-                }
-            }
-            Start::Backlog(events) => match self.replay(&mut socket, events).await {
-                true => self.pump(&mut socket, &mut subscription).await,
-                false => End::Drop,
-            },
-            Start::Live => self.pump(&mut socket, &mut subscription).await,
-        };
-        drop(subscription);
-        match end {
-            End::Close(code, reason) => self.close(socket, code, &reason).await,
-            End::Flush => {
-                let mut socket = socket;
-                let _ = tokio::time::timeout(self.heartbeat, futures::SinkExt::flush(&mut socket))
-                    .await;
-            }
-            End::Drop => drop(socket),
+    /// The socket's task. An `async move` block rather than an `async fn`: the latter would
+    /// copy its by-value arguments (the `WebSocket` is ~370 bytes) into a second slot of the
+    /// future. Only the live loop is inline; everything that runs briefly (replay, resync,
+    /// closing) is boxed so it does not enlarge every idle socket.
+    fn run(
+        mut self,
+        mut socket: WebSocket,
+        mut subscription: Subscription,
+        start: Start,
+        guard: DrainGuard,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            tracing::debug!(app = %self.app, crm_user = self.crm_user.is_some(), "websocket connected");
+            let end = match start {
+                Start::TooOld { oldest } => Box::pin(self.resync(&mut socket, oldest)).await,
+                Start::Backlog(first) => match Box::pin(self.replay(&mut socket, first)).await {
+                    None => self.pump(&mut socket, &mut subscription).await,
+                    Some(end) => end,
+                },
+                Start::Live => self.pump(&mut socket, &mut subscription).await,
+            };
+            drop(subscription);
+            Box::pin(self.finish(socket, end, guard)).await;
+            tracing::debug!(app = %self.app, "websocket closed");
         }
-        tracing::debug!(app = %self.app.id, "websocket closed");
     }
 
-    /// Sends the resume backlog in order (filtered to this socket's channel).
-    async fn replay(&mut self, socket: &mut WebSocket, events: Vec<PublishedEvent>) -> bool {
-        for event in events {
-            if !self.send_event(socket, &event).await {
-                return false;
+    /// Ends the connection as `end` says.
+    async fn finish(&self, mut socket: WebSocket, end: End, guard: DrainGuard) {
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: truncate(&reason, 123).into(),
+                };
+                let sent = self.send(&mut socket, Message::Close(Some(frame))).await;
+                // The close frame is out: a shutdown waiting for this socket may proceed.
+                drop(guard);
+                if sent {
+                    self.await_close_reply(&mut socket).await;
+                }
+            }
+            End::Flush => {
+                let wait = self.heartbeat.min(CLOSE_WAIT);
+                let _ = tokio::time::timeout(wait, futures::SinkExt::flush(&mut socket)).await;
+            }
+            End::Drop => {}
+        }
+    }
+
+    /// Tells the client its resume position is gone (`resync_required`), then closes 4002.
+    async fn resync(&mut self, socket: &mut WebSocket, oldest: u64) -> End {
+        let msg = json!({
+            "type": "resync_required",
+            "reason": "the requested position is no longer retained; reload state through the REST API, then reconnect without since",
+            "oldest_seq": oldest,
+        });
+        if self.send(socket, Message::text(msg.to_string())).await {
+            End::Close(
+                CLOSE_RESYNC,
+                "resync required: reload state through the REST API".into(),
+            )
+        } else {
+            End::Drop
+        }
+    }
+
+    /// Sends the resume backlog in order (filtered to this socket's channel), page by page;
+    /// `None` when caught up.
+    async fn replay(&mut self, socket: &mut WebSocket, first: Vec<PublishedEvent>) -> Option<End> {
+        let mut page = first;
+        let mut replayed = 0usize;
+        loop {
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return None;
+            };
+            let full = page.len() >= REPLAY_PAGE;
+            for event in &page {
+                if !self.send_event(socket, event).await {
+                    return Some(End::Drop);
+                }
+            }
+            replayed += page.len();
+            if !full {
+                return None;
+            }
+            if replayed >= MAX_REPLAY {
+                return Some(self.resync(socket, last + 1).await);
+            }
+            page = match self
+                .cti
+                .store()
+                .events_since(self.app, last, REPLAY_PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(app = %self.app, error = %e, "websocket resume failed: store unavailable");
+                    return Some(End::Close(
+                        1011,
+                        "store unavailable; reconnect with since".into(),
+                    ));
+                }
+            };
+            // Retention removed the next events while we were replaying.
+            if let Some(next) = page.first()
+                && next.seq > last + 1
+            {
+                return Some(self.resync(socket, next.seq).await);
             }
         }
-        true
     }
 
     /// The live loop: subscription, inbound frames and heartbeat in one task.
@@ -235,30 +330,20 @@ impl Session {
             tokio::select! {
                 delivery = subscription.recv() => match delivery {
                     Some(Delivery::Event(event)) => {
-                        if !self.send_event(socket, &event).await {
+                        if !Box::pin(self.send_event(socket, &event)).await {
                             return End::Drop;
                         }
                     }
-                    Some(Delivery::Lagged) => {
-                        let msg = json!({
-                            "type": "lagged",
-                            "reason": format!("client too slow; reconnect with since={}", self.last_sent),
-                            "last_seq": self.last_sent,
-                        });
-                        if !self.send(socket, Message::text(msg.to_string())).await {
-                            return End::Drop;
-                        }
-                        return End::Close(CLOSE_LAGGED, "lagged".into());
-                    }
+                    Some(Delivery::Lagged) => return Box::pin(self.lagged(socket)).await,
                     Some(Delivery::Closed { code, reason }) => return End::Close(code, reason),
-                    None => return End::Close(1001, "subscription ended".into()),
+                    None => return End::Close(CLOSE_GOING_AWAY, "subscription ended".into()),
                 },
                 inbound = socket.recv() => match inbound {
                     Some(Ok(message)) => {
                         heard = true;
                         match message {
                             Message::Text(text) => {
-                                if is_client_ping(text.as_str()) && !self.send_pong(socket).await {
+                                if is_client_ping(text.as_str()) && !Box::pin(self.send_pong(socket)).await {
                                     return End::Drop;
                                 }
                             }
@@ -269,14 +354,14 @@ impl Session {
                     }
                     // Protocol error, oversized frame or the peer went away.
                     Some(Err(e)) => {
-                        tracing::debug!(app = %self.app.id, error = %e, "websocket read failed");
+                        tracing::debug!(app = %self.app, error = %e, "websocket read failed");
                         return End::Drop;
                     }
                     None => return End::Drop,
                 },
                 _ = ticker.tick() => {
                     if !heard {
-                        tracing::debug!(app = %self.app.id, "websocket peer missed a heartbeat; dropping");
+                        tracing::debug!(app = %self.app, "websocket peer missed a heartbeat; dropping");
                         return End::Drop;
                     }
                     heard = false;
@@ -285,6 +370,17 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells a client that fell too far behind where to resume; closes 4008.
+    async fn lagged(&self, socket: &mut WebSocket) -> End {
+        let reason = format!("client too slow; reconnect with since={}", self.last_sent);
+        let msg = json!({ "type": "lagged", "reason": reason, "last_seq": self.last_sent });
+        if self.send(socket, Message::text(msg.to_string())).await {
+            End::Close(CLOSE_LAGGED, reason)
+        } else {
+            End::Drop
         }
     }
 
@@ -316,24 +412,17 @@ impl Session {
     }
 
     /// Writes and flushes one frame; a peer that does not take it within one heartbeat interval
-    /// is considered stalled.
+    /// is considered stalled. The write future (with its timer) is boxed so that it takes
+    /// memory only while a write is in progress, not in every idle socket's task.
     async fn send(&self, socket: &mut WebSocket, message: Message) -> bool {
-        matches!(
-            tokio::time::timeout(self.heartbeat, socket.send(message)).await,
-            Ok(Ok(()))
-        )
+        let write = Box::pin(tokio::time::timeout(self.heartbeat, socket.send(message)));
+        matches!(write.await, Ok(Ok(())))
     }
 
-    /// Sends a close frame and waits (bounded) for the peer's close reply.
-    async fn close(&self, mut socket: WebSocket, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: truncate(reason, 123).into(),
-        };
-        if !self.send(&mut socket, Message::Close(Some(frame))).await {
-            return;
-        }
-        let _ = tokio::time::timeout(self.heartbeat, async {
+    /// After our close frame: reads (bounded) until the peer's close reply.
+    async fn await_close_reply(&self, socket: &mut WebSocket) {
+        let wait = self.heartbeat.min(CLOSE_WAIT);
+        let _ = tokio::time::timeout(wait, async {
             while let Some(Ok(message)) = socket.recv().await {
                 if matches!(message, Message::Close(_)) {
                     break;

@@ -3,17 +3,25 @@
 //! * [`Hub`] keeps subscriptions per app, optionally narrowed to one CRM user. Each subscriber
 //!   has a bounded queue (default 1024). Publishing never waits: a subscriber whose queue is full
 //!   is dropped and gets [`Delivery::Lagged`], so one slow client never delays the others.
+//! * A subscriber costs one small allocation while idle: its queue is a `VecDeque` that only
+//!   allocates when events are waiting and is released again once it has been drained, so the
+//!   bound is a limit, not a reservation (a tokio `mpsc` channel would pre-allocate a block of
+//!   slots and cache-padded state per subscriber).
+//! * Subscriptions may remember the lookup hash of the API key they were authenticated with
+//!   ([`Hub::subscribe_keyed`]) so that exactly those can be closed when the key stops working
+//!   ([`Hub::close_key`]).
 //! * [`EventBus`] only *wakes* instances ("app X has events up to seq N"); events themselves live
 //!   in the store's outbox and are read by sequence number (see [`crate::relay`]). [`LocalBus`] is
 //!   the in-process bus; `cti_sqlx::PgBus` uses PostgreSQL `LISTEN/NOTIFY`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::RwLock;
-use tokio::sync::{broadcast, mpsc};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, broadcast};
 
 use crate::model::AppId;
 use crate::store::PublishedEvent;
@@ -21,23 +29,73 @@ use crate::store::PublishedEvent;
 /// Default per-subscriber queue length.
 pub const DEFAULT_QUEUE: usize = 1024;
 
-enum Item {
-    Event(Arc<PublishedEvent>),
-    Close { code: u16, reason: String },
+/// A drained queue whose buffer grew beyond this many slots gives the memory back.
+const KEEP_CAPACITY: usize = 16;
+
+/// Why a subscription ended.
+enum End {
+    Lagged,
+    Closed { code: u16, reason: String },
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Arc<PublishedEvent>>,
+    end: Option<End>,
+}
+
+/// One subscriber, shared by the hub (to publish) and its [`Subscription`] (to receive).
 struct Slot {
     id: u64,
-    crm_user: Option<String>,
-    tx: mpsc::Sender<Item>,
-    lagged: Arc<AtomicBool>,
+    crm_user: Option<Box<str>>,
+    /// Lookup hash of the API key the subscriber authenticated with.
+    key: Option<Box<str>>,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl Slot {
+    /// Ends the subscription unless it already ended; queued events are still delivered first.
+    fn end(&self, end: End) {
+        let mut q = self.queue.lock();
+        if q.end.is_none() {
+            q.end = Some(end);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn wants(&self, event: &PublishedEvent) -> bool {
+        match (&self.crm_user, &event.target_crm_user) {
+            (Some(want), Some(target)) => **want == **target,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Default)]
 struct HubInner {
     apps: RwLock<HashMap<AppId, Vec<Arc<Slot>>>>,
     next_id: AtomicU64,
+    /// Subscriptions registered in `apps`.
     total: AtomicU64,
+    /// Live [`DrainGuard`]s.
+    guards: AtomicU64,
+    released: Notify,
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        for slots in self.apps.get_mut().values() {
+            for s in slots {
+                s.end(End::Closed {
+                    code: 1001,
+                    reason: "hub closed".into(),
+                });
+            }
+        }
+    }
 }
 
 /// In-process registry of live subscribers. Cheap to clone.
@@ -73,38 +131,47 @@ pub enum Delivery {
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
     app: AppId,
-    // Only the id and the lagged flag: the hub owns the only `Sender`, so removing the slot
-    // ends the stream.
-    id: u64,
-    lagged: Arc<AtomicBool>,
-    rx: mpsc::Receiver<Item>,
+    slot: Arc<Slot>,
     hub: Weak<HubInner>,
     done: bool,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("app", &self.app)
+            .field("id", &self.slot.id)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
 impl Subscription {
-    /// The next delivery; `None` after `Lagged`/`Closed` has been returned.
+    /// The next delivery; `None` after `Lagged`/`Closed` has been returned. Cancel-safe:
+    /// nothing is lost when the future is dropped before it completes.
     pub async fn recv(&mut self) -> Option<Delivery> {
         if self.done {
             return None;
         }
-        match self.rx.recv().await {
-            Some(Item::Event(e)) => Some(Delivery::Event(e)),
-            Some(Item::Close { code, reason }) => {
-                self.done = true;
-                Some(Delivery::Closed { code, reason })
-            }
-            None => {
-                self.done = true;
-                if self.lagged.load(Ordering::Acquire) {
-                    Some(Delivery::Lagged)
-                } else {
-                    Some(Delivery::Closed {
-                        code: 1001,
-                        reason: "hub closed".into(),
-                    })
+        loop {
+            {
+                let mut q = self.slot.queue.lock();
+                if let Some(event) = q.items.pop_front() {
+                    if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+                        q.items = VecDeque::new();
+                    }
+                    return Some(Delivery::Event(event));
+                }
+                if let Some(end) = q.end.take() {
+                    self.done = true;
+                    return Some(match end {
+                        End::Lagged => Delivery::Lagged,
+                        End::Closed { code, reason } => Delivery::Closed { code, reason },
+                    });
                 }
             }
+            // A notification sent between the check above and this wait is kept as a permit.
+            self.slot.ready.notified().await;
         }
     }
 
@@ -117,7 +184,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            Hub { inner: hub }.remove(self.app, &[self.id]);
+            Hub { inner: hub }.remove(self.app, &[self.slot.id]);
         }
     }
 }
@@ -131,22 +198,36 @@ impl Hub {
     /// Subscribes to an app's events. With `crm_user`, only events targeted at that CRM user
     /// and events without a target are delivered; without it, every event of the app.
     pub fn subscribe(&self, app: AppId, crm_user: Option<String>, queue: usize) -> Subscription {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let lagged = Arc::new(AtomicBool::new(false));
+        self.subscribe_keyed(app, crm_user, None, queue)
+    }
+
+    /// Like [`Hub::subscribe`], remembering the lookup hash of the API key the subscriber
+    /// authenticated with (see [`Hub::keys`] and [`Hub::close_key`]).
+    pub fn subscribe_keyed(
+        &self,
+        app: AppId,
+        crm_user: Option<String>,
+        key_lookup: Option<String>,
+        queue: usize,
+    ) -> Subscription {
         let slot = Arc::new(Slot {
-            id,
-            crm_user,
-            tx,
-            lagged: lagged.clone(),
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            crm_user: crm_user.map(String::into_boxed_str),
+            key: key_lookup.map(String::into_boxed_str),
+            capacity: queue.max(1),
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
         });
-        self.inner.apps.write().entry(app).or_default().push(slot);
+        self.inner
+            .apps
+            .write()
+            .entry(app)
+            .or_default()
+            .push(slot.clone());
         self.inner.total.fetch_add(1, Ordering::Relaxed);
         Subscription {
             app,
-            id,
-            lagged,
-            rx,
+            slot,
             hub: Arc::downgrade(&self.inner),
             done: false,
         }
@@ -154,7 +235,7 @@ impl Hub {
 
     /// Delivers an event to every matching subscriber of its app without waiting; returns the
     /// number of subscribers it was queued for. Subscribers with a full queue are dropped
-    /// (they receive [`Delivery::Lagged`]).
+    /// (they receive [`Delivery::Lagged`] after the events already queued).
     pub fn publish(&self, event: Arc<PublishedEvent>) -> usize {
         let mut delivered = 0;
         let mut overflow = Vec::new();
@@ -163,20 +244,20 @@ impl Hub {
             let Some(slots) = apps.get(&event.app_id) else {
                 return 0;
             };
-            for s in slots {
-                if let (Some(want), Some(target)) = (&s.crm_user, &event.target_crm_user)
-                    && want != target
-                {
+            for s in slots.iter().filter(|s| s.wants(&event)) {
+                let mut q = s.queue.lock();
+                if q.end.is_some() {
                     continue;
                 }
-                match s.tx.try_send(Item::Event(event.clone())) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        s.lagged.store(true, Ordering::Release);
-                        overflow.push(s.id);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => overflow.push(s.id),
+                if q.items.len() >= s.capacity {
+                    q.end = Some(End::Lagged);
+                    overflow.push(s.id);
+                } else {
+                    q.items.push_back(event.clone());
+                    delivered += 1;
                 }
+                drop(q);
+                s.ready.notify_one();
             }
         }
         if !overflow.is_empty() {
@@ -186,20 +267,62 @@ impl Hub {
     }
 
     /// Closes every subscription of an app with a WebSocket close code (4001 after a key
-    /// rotation/revocation or deactivation, 1001 on shutdown).
+    /// rotation/revocation or deactivation, 1001 on shutdown). Events already queued are
+    /// delivered first.
     pub fn close_app(&self, app: AppId, code: u16, reason: &str) {
         let slots = self.inner.apps.write().remove(&app).unwrap_or_default();
         self.inner
             .total
             .fetch_sub(slots.len() as u64, Ordering::Relaxed);
         for s in slots {
-            // Delivered after already-queued events; if the queue is full the sender is dropped
-            // and the subscriber sees the end of the stream.
-            let _ = s.tx.try_send(Item::Close {
+            s.end(End::Closed {
                 code,
                 reason: reason.to_string(),
             });
         }
+    }
+
+    /// Closes the subscriptions of `app` that were authenticated with the key whose lookup
+    /// hash is `key_lookup`; returns how many.
+    pub fn close_key(&self, app: AppId, key_lookup: &str, code: u16, reason: &str) -> usize {
+        let closed: Vec<Arc<Slot>> = {
+            let mut apps = self.inner.apps.write();
+            let Some(slots) = apps.get_mut(&app) else {
+                return 0;
+            };
+            let (closed, kept) = std::mem::take(slots)
+                .into_iter()
+                .partition(|s| s.key.as_deref() == Some(key_lookup));
+            *slots = kept;
+            if slots.is_empty() {
+                apps.remove(&app);
+            }
+            closed
+        };
+        self.inner
+            .total
+            .fetch_sub(closed.len() as u64, Ordering::Relaxed);
+        for s in &closed {
+            s.end(End::Closed {
+                code,
+                reason: reason.to_string(),
+            });
+        }
+        closed.len()
+    }
+
+    /// The distinct `(app, key lookup hash)` pairs of the live keyed subscriptions.
+    pub fn keys(&self) -> Vec<(AppId, String)> {
+        let apps = self.inner.apps.read();
+        let mut seen = HashSet::new();
+        for (app, slots) in apps.iter() {
+            for s in slots {
+                if let Some(k) = &s.key {
+                    seen.insert((*app, k.as_ref()));
+                }
+            }
+        }
+        seen.into_iter().map(|(a, k)| (a, k.to_string())).collect()
     }
 
     /// Closes every subscription of every app.
@@ -208,6 +331,30 @@ impl Hub {
         for a in apps {
             self.close_app(a, code, reason);
         }
+    }
+
+    /// A guard a connection (e.g. a WebSocket) holds while it delivers events, so that a
+    /// shutdown can wait for it to finish closing (see [`Hub::wait_drained`]).
+    pub fn drain_guard(&self) -> DrainGuard {
+        self.inner.guards.fetch_add(1, Ordering::AcqRel);
+        DrainGuard {
+            hub: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Waits until every [`DrainGuard`] has been dropped (after [`Hub::close_all`]: until every
+    /// socket has written its close frame), at most `limit`. Returns `true` when none is left.
+    pub async fn wait_drained(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let released = self.inner.released.notified();
+                if self.inner.guards.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                released.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// Number of live subscriptions.
@@ -232,6 +379,27 @@ impl Hub {
             if slots.is_empty() {
                 apps.remove(&app);
             }
+        }
+    }
+}
+
+/// Held by a connection while it delivers; see [`Hub::drain_guard`].
+pub struct DrainGuard {
+    hub: Weak<HubInner>,
+}
+
+impl std::fmt::Debug for DrainGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainGuard")
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade()
+            && hub.guards.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            hub.released.notify_waiters();
         }
     }
 }
@@ -321,6 +489,13 @@ mod tests {
         })
     }
 
+    fn seq(d: Option<Delivery>) -> u64 {
+        match d {
+            Some(Delivery::Event(e)) => e.seq,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn routes_by_app_and_crm_user() {
         let hub = Hub::new();
@@ -331,15 +506,11 @@ mod tests {
         let mut all_b = hub.subscribe(b, None, 8);
         assert_eq!(hub.publish(ev(a, 1, Some("crm_1"))), 2);
         assert_eq!(hub.publish(ev(a, 2, None)), 3);
-        let seqs = |d: Option<Delivery>| match d {
-            Some(Delivery::Event(e)) => e.seq,
-            other => panic!("unexpected {other:?}"),
-        };
-        assert_eq!(seqs(all_a.recv().await), 1);
-        assert_eq!(seqs(all_a.recv().await), 2);
-        assert_eq!(seqs(crm1.recv().await), 1);
-        assert_eq!(seqs(crm1.recv().await), 2);
-        assert_eq!(seqs(crm2.recv().await), 2);
+        assert_eq!(seq(all_a.recv().await), 1);
+        assert_eq!(seq(all_a.recv().await), 2);
+        assert_eq!(seq(crm1.recv().await), 1);
+        assert_eq!(seq(crm1.recv().await), 2);
+        assert_eq!(seq(crm2.recv().await), 2);
         hub.close_app(b, 4001, "key revoked");
         assert_eq!(
             all_b.recv().await,
@@ -357,18 +528,102 @@ mod tests {
         let app = AppId::new();
         let mut slow = hub.subscribe(app, None, 2);
         let mut fast = hub.subscribe(app, None, 16);
-        for seq in 1..=5 {
-            hub.publish(ev(app, seq, None));
-            match fast.recv().await {
-                Some(Delivery::Event(e)) => assert_eq!(e.seq, seq),
-                other => panic!("fast subscriber got {other:?}"),
-            }
+        for s in 1..=5 {
+            hub.publish(ev(app, s, None));
+            assert_eq!(seq(fast.recv().await), s);
         }
-        assert!(matches!(slow.recv().await, Some(Delivery::Event(_))));
-        assert!(matches!(slow.recv().await, Some(Delivery::Event(_))));
+        assert_eq!(seq(slow.recv().await), 1);
+        assert_eq!(seq(slow.recv().await), 2);
         assert_eq!(slow.recv().await, Some(Delivery::Lagged));
         assert_eq!(slow.recv().await, None);
         assert_eq!(hub.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_after_queued_events_keeps_its_code_even_when_the_queue_is_full() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut sub = hub.subscribe(app, None, 2);
+        hub.publish(ev(app, 1, None));
+        hub.publish(ev(app, 2, None));
+        hub.close_app(app, 4001, "revoked");
+        assert_eq!(seq(sub.recv().await), 1);
+        assert_eq!(seq(sub.recv().await), 2);
+        assert_eq!(
+            sub.recv().await,
+            Some(Delivery::Closed {
+                code: 4001,
+                reason: "revoked".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_up_for_later_events_and_is_cancel_safe() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut sub = hub.subscribe(app, None, 4);
+        // A cancelled wait loses nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), sub.recv())
+                .await
+                .is_err()
+        );
+        let h = hub.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            h.publish(ev(app, 1, None));
+        });
+        assert_eq!(seq(sub.recv().await), 1);
+    }
+
+    #[tokio::test]
+    async fn drained_queue_releases_its_buffer() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut sub = hub.subscribe(app, None, 1024);
+        for s in 1..=100 {
+            hub.publish(ev(app, s, None));
+        }
+        for s in 1..=100 {
+            assert_eq!(seq(sub.recv().await), s);
+        }
+        assert_eq!(sub.slot.queue.lock().items.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_key_closes_only_that_keys_subscriptions() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut old = hub.subscribe_keyed(app, None, Some("k1".into()), 4);
+        let mut new = hub.subscribe_keyed(app, None, Some("k2".into()), 4);
+        let mut keys = hub.keys();
+        keys.sort();
+        assert_eq!(keys, vec![(app, "k1".to_string()), (app, "k2".to_string())]);
+        assert_eq!(hub.close_key(app, "k1", 4001, "rotated"), 1);
+        assert!(matches!(
+            old.recv().await,
+            Some(Delivery::Closed { code: 4001, .. })
+        ));
+        hub.publish(ev(app, 1, None));
+        assert_eq!(seq(new.recv().await), 1);
+        assert_eq!(hub.keys(), vec![(app, "k2".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn wait_drained_waits_for_the_guards() {
+        let hub = Hub::new();
+        let _plain = hub.subscribe(AppId::new(), None, 4);
+        assert!(hub.wait_drained(Duration::ZERO).await, "no guard, no wait");
+        let guard = hub.drain_guard();
+        hub.close_all(1001, "bye");
+        assert_eq!(hub.connection_count(), 0);
+        assert!(!hub.wait_drained(Duration::from_millis(20)).await);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(guard);
+        });
+        assert!(hub.wait_drained(Duration::from_secs(5)).await);
     }
 
     #[tokio::test]
@@ -381,5 +636,16 @@ mod tests {
         assert_eq!(hub.connection_count(), 0);
         assert_eq!(hub.app_count(), 0);
         assert_eq!(hub.publish(ev(app, 1, None)), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_hub_ends_subscriptions() {
+        let hub = Hub::new();
+        let mut sub = hub.subscribe(AppId::new(), None, 4);
+        drop(hub);
+        assert!(matches!(
+            sub.recv().await,
+            Some(Delivery::Closed { code: 1001, .. })
+        ));
     }
 }

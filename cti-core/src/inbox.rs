@@ -131,6 +131,12 @@ pub struct CtiConfig {
     /// Relay poll interval: how often the outbox heads are re-read without a wake-up
     /// (default 100 ms).
     pub relay_poll: Duration,
+    /// How often the API keys of live keyed subscriptions ([`Cti::subscribe_with_key`]) are
+    /// re-checked against the store (default 2 s). A subscription whose key no longer
+    /// authenticates — changed by another process (CLI, another instance whose bus signal was
+    /// lost), or a rotation grace period that ended — is closed with code 4001 within this
+    /// interval. Changes made through this `Cti` close subscriptions immediately.
+    pub key_recheck: Duration,
     /// Concurrent inbox write batches (group commit; default 4).
     pub ingest_writers: usize,
     /// Largest group-commit batch (default 256).
@@ -150,6 +156,7 @@ impl Default for CtiConfig {
             inbox_retention: Duration::from_secs(30 * 86_400),
             realtime_window: Duration::from_secs(86_400),
             relay_poll: Duration::from_millis(100),
+            key_recheck: Duration::from_secs(2),
             ingest_writers: 4,
             ingest_batch: 256,
         }
@@ -847,9 +854,7 @@ impl Cti {
 
     async fn app_changed(&self, app: AppId) {
         self.invalidate(app);
-        self.inner
-            .hub
-            .close_app(app, 4001, "api key rotated or revoked, or app deactivated");
+        self.inner.hub.close_app(app, 4001, APP_CHANGED_REASON);
         if let Err(e) = self
             .inner
             .bus
@@ -865,6 +870,51 @@ impl Cti {
         self.inner
             .hub
             .subscribe(app, crm_user, self.inner.config.subscriber_queue)
+    }
+
+    /// Like [`Cti::subscribe`] for a subscriber that authenticated with `api_key`: the
+    /// subscription is also closed (code 4001) as soon as that key stops authenticating, even
+    /// when the change was made by another process on the same database (checked every
+    /// [`CtiConfig::key_recheck`] while [`Cti::start`]'s tasks run).
+    pub fn subscribe_with_key(
+        &self,
+        app: AppId,
+        crm_user: Option<String>,
+        api_key: &str,
+    ) -> Subscription {
+        self.inner.hub.subscribe_keyed(
+            app,
+            crm_user,
+            Some(self.inner.hasher.lookup(api_key)),
+            self.inner.config.subscriber_queue,
+        )
+    }
+
+    /// Re-checks the keys of live keyed subscriptions; closes (4001) those whose key no longer
+    /// authenticates for their app. Returns how many subscriptions were closed.
+    pub async fn recheck_subscription_keys(&self) -> usize {
+        let inner = &self.inner;
+        let mut closed = 0;
+        for (app, lookup) in inner.hub.keys() {
+            let valid = match inner
+                .store
+                .find_app_by_key(&lookup, inner.clock.now())
+                .await
+            {
+                Ok(found) => found.is_some_and(|m| m.app.id == app && m.app.is_active),
+                Err(e) => {
+                    tracing::warn!(%app, error = %e, "cannot re-check subscription keys");
+                    continue;
+                }
+            };
+            if !valid {
+                self.invalidate(app);
+                let n = inner.hub.close_key(app, &lookup, 4001, APP_CHANGED_REASON);
+                tracing::info!(%app, closed = n, "api key no longer valid; subscriptions closed");
+                closed += n;
+            }
+        }
+        closed
     }
 
     /// Events of `app` after `since`, for a reconnecting client, in order. Subscribe first,
@@ -1001,12 +1051,31 @@ impl Cti {
             ready_tx,
         )));
         tasks.push(tokio::spawn(retention(self.clone(), stop_notify.clone())));
+        tasks.push(tokio::spawn(key_watch(self.clone(), stop_notify.clone())));
         Running {
             cti: self.clone(),
             stop,
             stop_notify,
             workers,
             tasks,
+        }
+    }
+}
+
+/// Close reason of subscriptions whose key or app changed (code 4001).
+const APP_CHANGED_REASON: &str = "api key rotated or revoked, or app deactivated";
+
+/// Periodically closes keyed subscriptions whose key stopped authenticating.
+async fn key_watch(cti: Cti, stop: Arc<Notify>) {
+    let every = cti.inner.config.key_recheck.max(Duration::from_millis(10));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                cti.recheck_subscription_keys().await;
+            }
+            _ = stop.notified() => return,
         }
     }
 }
@@ -1019,10 +1088,7 @@ pub(crate) struct RelayHooks {
 impl RelayHooks {
     pub(crate) fn app_changed(&self, app: AppId) {
         self.cti.invalidate(app);
-        self.cti
-            .inner
-            .hub
-            .close_app(app, 4001, "api key rotated or revoked, or app deactivated");
+        self.cti.inner.hub.close_app(app, 4001, APP_CHANGED_REASON);
     }
     pub(crate) fn inbox(&self) {
         self.cti.inner.wake.notify_one();
@@ -1118,7 +1184,9 @@ pub struct Running {
 
 impl Running {
     /// Stops claiming new events, lets in-flight events finish (bounded by `drain`), closes
-    /// live subscriptions with code 1001 and stops every task.
+    /// live subscriptions with code 1001, waits (within `drain`, at most 5 s) until every
+    /// [`crate::fanout::DrainGuard`] is dropped — a WebSocket drops its guard once its close
+    /// frame is written — and stops every task.
     pub async fn shutdown(self, drain: Duration) {
         self.stop.store(true, Ordering::Release);
         self.cti.inner.wake.notify_waiters();
@@ -1134,6 +1202,12 @@ impl Running {
         let _ = self.cti.inner.bus.notify(BusSignal::Resync).await;
         tokio::time::sleep(Duration::from_millis(50).min(drain)).await;
         self.cti.inner.hub.close_all(1001, "server shutting down");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.cti
+            .inner
+            .hub
+            .wait_drained(left.min(Duration::from_secs(5)))
+            .await;
         self.stop_notify.notify_waiters();
         for t in self.tasks {
             t.abort();
