@@ -1,8 +1,58 @@
-//! axum adapter for [`cti_core`]: the documented CTI HTTP API (spec §1), Dialpad webhooks
-//! (§2.7), the `/ws` WebSocket (§4.5), rate limits (§0.5), health and metrics.
+//! axum adapter for [`cti_core`]: the CTI HTTP API, Dialpad webhooks, the `/ws` WebSocket,
+//! rate limits, health, metrics and the OpenAPI document.
 //!
-//! [`router`] returns a plain [`axum::Router`] that an application can serve directly or
-//! `.nest("/cti", …)` inside its own router.
+//! [`router`] (or [`router_with_state`]) returns a plain [`axum::Router`] that an application
+//! serves directly or nests inside its own router:
+//!
+//! | routes | authentication | module |
+//! |---|---|---|
+//! | `GET /`, `/health`, `/metrics`, `/metrics/prometheus`, `/openapi.json` | none (`/metrics*`: bearer with [`HttpConfig::metrics_require_auth`]) | [`rest`], [`openapi`] |
+//! | `POST /webhooks/dialpad`, `/webhooks/dialpad/{app_id}` | Dialpad signature (JWT or HMAC) | [`rest`] |
+//! | `GET /api/calls…`, `/api/messages…`, `/api/voicemails…` | `x-app-api-key` | [`rest`] |
+//! | `/internal/*` (apps, keys, voicemails, user mappings, webhooks, events) | `Authorization: Bearer <internal secret>` | [`rest`] |
+//! | `GET /ws` (WebSocket upgrade) | `x-app-api-key` or `?api_key=` | [`ws`] |
+//!
+//! Every error body is JSON ([`error`]), every response echoes `x-request-id`, and the four
+//! rate-limit buckets of [`RateLimits`] answer `429` with `Retry-After` ([`ratelimit`]).
+//! `GET /openapi.json` describes all of it ([`openapi::openapi`]); `docs/api.md` is the prose
+//! reference.
+//!
+//! # Embedding
+//!
+//! Build a [`Cti`] on a store, start its processor, nest the router, and on shutdown call
+//! [`AppState::begin_shutdown`] then [`Running::shutdown`](cti_core::inbox::Running::shutdown).
+//! The guide `docs/embedding.md` and the runnable example `examples/embed.rs`
+//! (`cargo run -p cti-axum --example embed`) show a complete application with its own routes,
+//! state and authentication.
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use axum::Router;
+//! use axum::routing::get;
+//! use cti_axum::{AppState, HttpConfig};
+//! use cti_core::Cti;
+//! use cti_core::store::MemoryStore;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let cti = Cti::builder().store(Arc::new(MemoryStore::new())).build();
+//! let running = cti.start();
+//! let state = AppState::new(cti, HttpConfig::new("an-internal-secret-of-32-characters!"));
+//! let app = Router::new()
+//!     .route("/", get(|| async { "my application" }))
+//!     .nest("/cti", cti_axum::router_with_state(state.clone()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         state.begin_shutdown();
+//!         running.shutdown(Duration::from_secs(5)).await;
+//!     })
+//!     .await
+//! # }
+//! ```
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,8 +60,10 @@ use std::time::{Duration, Instant};
 
 use cti_core::Cti;
 use cti_core::secrets::Secret;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub mod error;
+pub mod openapi;
 pub mod ratelimit;
 pub mod rest;
 pub mod ws;
@@ -108,23 +160,44 @@ pub struct AppState {
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl AppState {
+    /// State for `cti` with `config`: fresh rate-limit buckets, uptime counted from now, not
+    /// shutting down.
+    pub fn new(cti: Cti, config: HttpConfig) -> Self {
+        Self {
+            limits: Arc::new(ratelimit::Limiter::new(&config.rate_limits)),
+            cti,
+            config: Arc::new(config),
+            started: Instant::now(),
+            shutting_down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the server as shutting down: `/health` answers 503 (load balancers stop sending
+    /// traffic) and new `/ws` upgrades are refused. Call it when the shutdown signal arrives,
+    /// before [`cti_core::inbox::Running::shutdown`] closes the live sockets.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Builds the complete router (REST + webhooks + WebSocket), ready to serve with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (the client address feeds the rate
 /// limits; without `ConnectInfo` the limits key on `X-Forwarded-For`/a shared bucket).
 pub fn router(cti: Cti, config: HttpConfig) -> axum::Router {
-    let state = AppState {
-        limits: Arc::new(ratelimit::Limiter::new(&config.rate_limits)),
-        cti,
-        config: Arc::new(config),
-        started: Instant::now(),
-        shutting_down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    };
-    router_with_state(state)
+    router_with_state(AppState::new(cti, config))
 }
 
-/// Like [`router`] with a prepared state (lets the server keep a handle on `shutting_down`).
+/// Like [`router`] with a prepared state: keep a clone to call [`AppState::begin_shutdown`].
 pub fn router_with_state(state: AppState) -> axum::Router {
-    rest::routes(state.clone()).merge(ws::routes(state.clone()))
+    // `/ws` gets the layers of the REST routes that apply to an upgrade request: JSON error
+    // bodies (e.g. a 405) and the `x-request-id` echo.
+    let ws = ws::routes(state.clone())
+        .layer(axum::middleware::map_response(error::normalize))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    rest::routes(state).merge(ws)
 }
 
 /// Client address used for rate limiting, honouring `trust_proxy` hops of `X-Forwarded-For`.
@@ -148,4 +221,42 @@ pub fn client_ip(
         }
     }
     peer
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/embedding.md` shows `examples/embed.rs` verbatim (the example is compiled by
+    /// `cargo test`, so the guide's code is too).
+    #[test]
+    fn embedding_guide_shows_the_example() {
+        let guide = include_str!("../../docs/embedding.md");
+        let example = include_str!("../examples/embed.rs");
+        let block = guide
+            .split_once("```rust\n")
+            .and_then(|(_, rest)| rest.split_once("\n```\n"))
+            .map(|(code, _)| format!("{code}\n"))
+            .expect("docs/embedding.md has a ```rust block");
+        assert!(
+            block == example,
+            "docs/embedding.md's code differs from cti-axum/examples/embed.rs: copy the file into \
+             the guide"
+        );
+    }
+
+    #[test]
+    fn client_ip_honours_trusted_hops() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let peer = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(super::client_ip(&h, peer, 0), peer);
+        assert_eq!(
+            super::client_ip(&h, peer, 1),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            super::client_ip(&h, peer, 2),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(super::client_ip(&h, peer, 3), peer);
+    }
 }

@@ -177,7 +177,26 @@ async fn calls(
 }
 
 /// `GET /api/calls`.
-pub(super) async fn list_calls(
+#[utoipa::path(
+    get, path = "/api/calls", tag = "client", operation_id = "list_calls",
+    description = "Calls of the app.",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
+        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        ("status" = Option<String>, Query, description = "ringing, active, ended, missed, rejected or voicemail."),
+        ("direction" = Option<String>, Query, description = "inbound or outbound."),
+        ("from" = Option<String>, Query, description = "Caller number."),
+        ("to" = Option<String>, Query, description = "Callee number."),
+    ),
+    responses(
+        (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn list_calls(
     State(st): State<crate::AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
@@ -186,7 +205,25 @@ pub(super) async fn list_calls(
 }
 
 /// `GET /api/calls/active`.
-pub(super) async fn list_active_calls(
+#[utoipa::path(
+    get, path = "/api/calls/active", tag = "client", operation_id = "list_active_calls",
+    description = "Calls ringing or in progress.",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
+        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        ("direction" = Option<String>, Query, description = "inbound or outbound."),
+        ("from" = Option<String>, Query, description = "Caller number."),
+        ("to" = Option<String>, Query, description = "Callee number."),
+    ),
+    responses(
+        (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn list_active_calls(
     State(st): State<crate::AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
@@ -195,7 +232,20 @@ pub(super) async fn list_active_calls(
 }
 
 /// `GET /api/calls/{id}`.
-pub(super) async fn get_call(
+#[utoipa::path(
+    get, path = "/api/calls/{id}", tag = "client", operation_id = "get_call",
+    params(("id" = String, Path, description = "Call id (UUID).")),
+    responses(
+        (status = 200, description = "The call.", body = crate::openapi::CallOne),
+        (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such call for this app.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn get_call(
     State(st): State<crate::AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -222,7 +272,26 @@ pub(super) async fn get_call(
 }
 
 /// `GET /api/messages`.
-pub(super) async fn list_messages(
+#[utoipa::path(
+    get, path = "/api/messages", tag = "client", operation_id = "list_messages",
+    description = "SMS of the app.",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
+        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        ("direction" = Option<String>, Query, description = "inbound or outbound."),
+        ("from" = Option<String>, Query, description = "Sender number."),
+        ("to" = Option<String>, Query, description = "Recipient number."),
+        ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
+    ),
+    responses(
+        (status = 200, description = "A page, newest first.", body = crate::openapi::MessageList),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn list_messages(
     State(st): State<crate::AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
@@ -253,7 +322,20 @@ pub(super) async fn list_messages(
 }
 
 /// `GET /api/messages/{id}`.
-pub(super) async fn get_message(
+#[utoipa::path(
+    get, path = "/api/messages/{id}", tag = "client", operation_id = "get_message",
+    params(("id" = String, Path, description = "Message id (UUID).")),
+    responses(
+        (status = 200, description = "The message.", body = crate::openapi::MessageOne),
+        (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such message for this app.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn get_message(
     State(st): State<crate::AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -280,7 +362,23 @@ pub(super) async fn get_message(
 }
 
 /// `GET /api/voicemails` (NEW, §1.22).
-pub(super) async fn list_voicemails(
+#[utoipa::path(
+    get, path = "/api/voicemails", tag = "client", operation_id = "list_voicemails",
+    description = "Voicemails of the app.",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
+        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
+    ),
+    responses(
+        (status = 200, description = "A page, newest first.", body = crate::openapi::VoicemailList),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn list_voicemails(
     State(st): State<crate::AppState>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
@@ -308,7 +406,20 @@ pub(super) async fn list_voicemails(
 }
 
 /// `GET /api/voicemails/{id}` (NEW, §1.22).
-pub(super) async fn get_voicemail(
+#[utoipa::path(
+    get, path = "/api/voicemails/{id}", tag = "client", operation_id = "get_voicemail",
+    params(("id" = String, Path, description = "Voicemail id (UUID).")),
+    responses(
+        (status = 200, description = "The voicemail.", body = crate::openapi::VoicemailOne),
+        (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such voicemail for this app.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("app_api_key" = [])),
+)]
+pub(crate) async fn get_voicemail(
     State(st): State<crate::AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

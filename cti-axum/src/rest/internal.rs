@@ -149,7 +149,21 @@ fn app_json(a: &App) -> Value {
 
 // ---------------------------------------------------------------- apps
 
-async fn create_app(
+#[utoipa::path(
+    post, path = "/internal/apps", tag = "internal", operation_id = "create_app",
+    description = "Creates a tenant app and its first API key (shown once).",
+    request_body(content = crate::openapi::CreateApp, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the key is in `api_key`.", body = crate::openapi::AppCreated),
+        (status = 400, description = "`name` missing or empty.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn create_app(
     State(st): State<AppState>,
     ext: Extensions,
     headers: HeaderMap,
@@ -191,7 +205,20 @@ async fn create_app(
     }
 }
 
-async fn list_apps(State(st): State<AppState>, q: Q) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps", tag = "internal", operation_id = "list_apps",
+    description = "Lists apps.",
+    params(("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip.")),
+    responses(
+        (status = 200, description = "A page of apps.", body = crate::openapi::AppList),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn list_apps(State(st): State<AppState>, q: Q) -> Response {
     let req = page(&params(q), 50, 100);
     match st.cti.store().list_apps(req).await {
         Ok(pg) => ok(json!({
@@ -203,7 +230,22 @@ async fn list_apps(State(st): State<AppState>, q: Q) -> Response {
     }
 }
 
-async fn get_app(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}", tag = "internal", operation_id = "get_app",
+    description = "One app.",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    responses(
+        (status = 200, description = "The app.", body = crate::openapi::AppOne),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn get_app(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -215,7 +257,23 @@ async fn get_app(State(st): State<AppState>, Path(raw): Path<String>) -> Respons
     }
 }
 
-async fn patch_app(
+#[utoipa::path(
+    patch, path = "/internal/apps/{app_id}", tag = "internal", operation_id = "patch_app",
+    description = "Renames, activates or deactivates an app (deactivation closes its sockets).",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    request_body(content = crate::openapi::PatchApp, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated app.", body = crate::openapi::AppOne),
+        (status = 400, description = "Invalid id or body.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn patch_app(
     State(st): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -252,7 +310,23 @@ async fn patch_app(
 
 // ---------------------------------------------------------------- keys
 
-async fn issue_key(
+#[utoipa::path(
+    post, path = "/internal/apps/{app_id}/api-key", tag = "internal", operation_id = "issue_key",
+    description = "Issues a new key (rotation); the previous one stops working, or after `grace_seconds`.",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    request_body(content = crate::openapi::IssueKey, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new key (shown once).", body = crate::openapi::KeyIssued),
+        (status = 400, description = "Invalid id or body.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`App is not active`, or a wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn issue_key(
     State(st): State<AppState>,
     ext: Extensions,
     Path(raw): Path<String>,
@@ -308,7 +382,22 @@ async fn issue_key(
     }
 }
 
-async fn revoke_key(
+#[utoipa::path(
+    post, path = "/internal/apps/{app_id}/api-key/revoke", tag = "internal", operation_id = "revoke_key",
+    description = "Revokes the app's key.",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    responses(
+        (status = 200, description = "Revoked.", body = crate::openapi::KeyRevoked),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn revoke_key(
     State(st): State<AppState>,
     ext: Extensions,
     Path(raw): Path<String>,
@@ -331,7 +420,22 @@ async fn revoke_key(
     }
 }
 
-async fn key_status(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/api-key/status", tag = "internal", operation_id = "key_status",
+    description = "Whether the app has a key, its hint and issue time.",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    responses(
+        (status = 200, description = "Key status.", body = crate::openapi::KeyStatus),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn key_status(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -362,7 +466,26 @@ fn audit_json(e: &AuditEntry) -> Value {
     })
 }
 
-async fn key_audit(State(st): State<AppState>, Path(raw): Path<String>, q: Q) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/api-key/audit", tag = "internal", operation_id = "key_audit",
+    description = "Key audit log, newest first.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip.")),
+    responses(
+        (status = 200, description = "Audit entries.", body = crate::openapi::AuditLog),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn key_audit(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    q: Q,
+) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -389,7 +512,25 @@ async fn key_audit(State(st): State<AppState>, Path(raw): Path<String>, q: Q) ->
 
 // ---------------------------------------------------------------- voicemails
 
-async fn list_voicemails(State(st): State<AppState>, Path(raw): Path<String>, q: Q) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/voicemails", tag = "internal", operation_id = "internal_list_voicemails",
+    description = "Voicemails of an app.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip."), ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user.")),
+    responses(
+        (status = 200, description = "A page of voicemails (with `app_id`).", body = crate::openapi::VoicemailList),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn list_voicemails(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    q: Q,
+) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -418,7 +559,22 @@ fn vm_ids(app: &str, vm: &str) -> Result<(cti_core::model::AppId, Uuid), Respons
     }
 }
 
-async fn get_voicemail(
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/voicemails/{voicemail_id}", tag = "internal", operation_id = "internal_get_voicemail",
+    description = "One voicemail.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("voicemail_id" = String, Path, description = "Voicemail id (UUID).")),
+    responses(
+        (status = 200, description = "The voicemail (with `app_id`).", body = crate::openapi::VoicemailOne),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Voicemail not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn get_voicemail(
     State(st): State<AppState>,
     Path((app, vm)): Path<(String, String)>,
 ) -> Response {
@@ -433,7 +589,22 @@ async fn get_voicemail(
     }
 }
 
-async fn delete_voicemail(
+#[utoipa::path(
+    delete, path = "/internal/apps/{app_id}/voicemails/{voicemail_id}", tag = "internal", operation_id = "internal_delete_voicemail",
+    description = "Deletes a voicemail.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("voicemail_id" = String, Path, description = "Voicemail id (UUID).")),
+    responses(
+        (status = 200, description = "`Voicemail deleted`.", body = crate::openapi::Done),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Voicemail not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn delete_voicemail(
     State(st): State<AppState>,
     Path((app, vm)): Path<(String, String)>,
 ) -> Response {
@@ -505,7 +676,23 @@ fn store_err(e: StoreError, msg: &str) -> Response {
     }
 }
 
-async fn map_user(
+#[utoipa::path(
+    post, path = "/internal/apps/{app_id}/users/map", tag = "internal", operation_id = "map_user",
+    description = "Maps a Dialpad user to a CRM user (upsert).",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    request_body(content = crate::openapi::MapUser, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The mapping.", body = crate::openapi::MappingSaved),
+        (status = 400, description = "`Missing required fields` (with `required`) or invalid values.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn map_user(
     State(st): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -565,7 +752,23 @@ fn batch_item(v: &Value) -> Result<(DialpadId, String), String> {
     Ok((d, c))
 }
 
-async fn batch_map(
+#[utoipa::path(
+    post, path = "/internal/apps/{app_id}/users/batch-map", tag = "internal", operation_id = "batch_map",
+    description = "Maps up to 1000 users in one transaction (upsert).",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    request_body(content = crate::openapi::BatchMap, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Mapped.", body = crate::openapi::BatchMapped),
+        (status = 400, description = "No `mappings` array (with `expected`), too many items or an invalid item.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`App not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn batch_map(
     State(st): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -609,7 +812,25 @@ async fn batch_map(
     }
 }
 
-async fn list_mappings(State(st): State<AppState>, Path(raw): Path<String>, q: Q) -> Response {
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/users/mappings", tag = "internal", operation_id = "list_mappings",
+    description = "User mappings of an app.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("limit" = Option<u32>, Query, description = "Page size (default 100, max 1000)."), ("offset" = Option<u64>, Query, description = "Items to skip.")),
+    responses(
+        (status = 200, description = "A page of mappings.", body = crate::openapi::MappingList),
+        (status = 400, description = "`app_id` is not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn list_mappings(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    q: Q,
+) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -647,7 +868,22 @@ fn app_and_user(app: &str, user: &str) -> Result<(cti_core::model::AppId, Dialpa
     Ok((id, d))
 }
 
-async fn get_mapping_by_dialpad(
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/users/mappings/dialpad/{dialpad_user_id}", tag = "internal", operation_id = "get_mapping_by_dialpad",
+    description = "The mapping of a Dialpad user.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("dialpad_user_id" = String, Path, description = "Dialpad user id (positive integer).")),
+    responses(
+        (status = 200, description = "The mapping.", body = crate::openapi::MappingOne),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Mapping not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn get_mapping_by_dialpad(
     State(st): State<AppState>,
     Path((app, user)): Path<(String, String)>,
 ) -> Response {
@@ -657,7 +893,22 @@ async fn get_mapping_by_dialpad(
     }
 }
 
-async fn delete_mapping_by_dialpad(
+#[utoipa::path(
+    delete, path = "/internal/apps/{app_id}/users/mappings/dialpad/{dialpad_user_id}", tag = "internal", operation_id = "delete_mapping_by_dialpad",
+    description = "Deletes the mapping of a Dialpad user.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("dialpad_user_id" = String, Path, description = "Dialpad user id (positive integer).")),
+    responses(
+        (status = 200, description = "`Mapping deleted`.", body = crate::openapi::Done),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Mapping not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn delete_mapping_by_dialpad(
     State(st): State<AppState>,
     Path((app, user)): Path<(String, String)>,
 ) -> Response {
@@ -667,7 +918,22 @@ async fn delete_mapping_by_dialpad(
     }
 }
 
-async fn get_mapping_by_crm(
+#[utoipa::path(
+    get, path = "/internal/apps/{app_id}/users/mappings/crm/{crm_user_id}", tag = "internal", operation_id = "get_mapping_by_crm",
+    description = "The mapping of a CRM user.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("crm_user_id" = String, Path, description = "CRM user id (1–255 characters).")),
+    responses(
+        (status = 200, description = "The mapping.", body = crate::openapi::MappingOne),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Mapping not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn get_mapping_by_crm(
     State(st): State<AppState>,
     Path((app, crm)): Path<(String, String)>,
 ) -> Response {
@@ -681,7 +947,22 @@ async fn get_mapping_by_crm(
     mapping_found(st.cti.store().get_mapping_by_crm(id, crm.trim()).await)
 }
 
-async fn delete_mapping(
+#[utoipa::path(
+    delete, path = "/internal/apps/{app_id}/users/mappings/{mapping_id}", tag = "internal", operation_id = "delete_mapping",
+    description = "Deletes a mapping by its id.",
+    params(("app_id" = String, Path, description = "App id (UUID)."), ("mapping_id" = String, Path, description = "Mapping id (UUID).")),
+    responses(
+        (status = 200, description = "`Mapping deleted`.", body = crate::openapi::Done),
+        (status = 400, description = "Invalid ids.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Mapping not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn delete_mapping(
     State(st): State<AppState>,
     Path((app, mapping)): Path<(String, String)>,
 ) -> Response {
@@ -711,7 +992,21 @@ fn webhook_json(w: &DialpadWebhook) -> Value {
     })
 }
 
-async fn list_webhooks(State(st): State<AppState>, q: Q) -> Response {
+#[utoipa::path(
+    get, path = "/internal/webhooks", tag = "internal", operation_id = "list_webhooks",
+    description = "Dialpad webhook metadata of an app (secrets are never returned).",
+    params(("app_id" = String, Query, description = "App id (UUID), required.")),
+    responses(
+        (status = 200, description = "Webhooks.", body = crate::openapi::WebhookList),
+        (status = 400, description = "`app_id` missing or not a valid UUID.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn list_webhooks(State(st): State<AppState>, q: Q) -> Response {
     let p = params(q);
     let Some(raw) = p.get("app_id").filter(|s| !s.is_empty()) else {
         return error::error(StatusCode::BAD_REQUEST, "app_id query parameter required");
@@ -734,7 +1029,22 @@ fn webhook_id(raw: &str) -> Result<DialpadId, Response> {
     DialpadId::parse(raw).ok_or_else(|| error::invalid("webhook_id must be a positive integer"))
 }
 
-async fn get_webhook(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+#[utoipa::path(
+    get, path = "/internal/webhooks/{webhook_id}", tag = "internal", operation_id = "get_webhook",
+    description = "One webhook's metadata.",
+    params(("webhook_id" = String, Path, description = "Dialpad webhook id (positive integer).")),
+    responses(
+        (status = 200, description = "The webhook.", body = crate::openapi::WebhookOne),
+        (status = 400, description = "Invalid id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Webhook not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn get_webhook(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
     let id = match webhook_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -749,7 +1059,26 @@ async fn get_webhook(State(st): State<AppState>, Path(raw): Path<String>) -> Res
 /// `DELETE /internal/webhooks/{id}[?local_only=true]`. Only the local metadata row is removed
 /// in both cases for now (deleting the webhook at Dialpad is not wired in yet), and the answer
 /// says so, like the original.
-async fn delete_webhook(State(st): State<AppState>, Path(raw): Path<String>, q: Q) -> Response {
+#[utoipa::path(
+    delete, path = "/internal/webhooks/{webhook_id}", tag = "internal", operation_id = "delete_webhook",
+    description = "Removes the local metadata of a webhook (delete it in Dialpad as well).",
+    params(("webhook_id" = String, Path, description = "Dialpad webhook id (positive integer)."), ("local_only" = Option<bool>, Query, description = "Only the local row (the only behaviour for now).")),
+    responses(
+        (status = 200, description = "Removed.", body = crate::openapi::Done),
+        (status = 400, description = "Invalid id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Webhook not found`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn delete_webhook(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    q: Q,
+) -> Response {
     let id = match webhook_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -779,7 +1108,19 @@ async fn delete_webhook(State(st): State<AppState>, Path(raw): Path<String>, q: 
 
 // ---------------------------------------------------------------- events
 
-async fn event_stats(State(st): State<AppState>) -> Response {
+#[utoipa::path(
+    get, path = "/internal/events/stats", tag = "internal", operation_id = "event_stats",
+    description = "Inbox counters.",
+    responses(
+        (status = 200, description = "Counters.", body = crate::openapi::EventStats),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn event_stats(State(st): State<AppState>) -> Response {
     match st.cti.store().inbox_stats().await {
         Ok(s) => {
             let now = st.cti.now();
@@ -802,7 +1143,23 @@ async fn event_stats(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn retry_event(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+#[utoipa::path(
+    post, path = "/internal/events/{event_id}/retry", tag = "internal", operation_id = "retry_event",
+    description = "Puts a failed or dead-lettered event back in the queue.",
+    params(("event_id" = String, Path, description = "Inbox event id (UUID).")),
+    responses(
+        (status = 200, description = "Queued again.", body = crate::openapi::EventRetried),
+        (status = 400, description = "Invalid id.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing bearer, or another scheme.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Wrong bearer secret.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`Event not found`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`Event is not failed or dead`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
+    ),
+    security(("internal_bearer" = [])),
+)]
+pub(crate) async fn retry_event(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
     let Some(id) = strict_uuid(&raw) else {
         return error::invalid("event_id must be a valid UUID");
     };

@@ -6,16 +6,16 @@
 // boxing them buys nothing.
 #![allow(clippy::result_large_err)]
 
-mod api;
-mod internal;
-mod ops;
+pub(crate) mod api;
+pub(crate) mod internal;
+pub(crate) mod ops;
 
 use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +54,8 @@ pub fn routes(state: AppState) -> Router {
         .route("/", get(ops::root))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
-        .route("/metrics/prometheus", get(ops::prometheus));
+        .route("/metrics/prometheus", get(ops::prometheus))
+        .route("/openapi.json", get(crate::openapi::serve));
 
     base.merge(webhooks)
         .merge(api)
@@ -82,11 +83,12 @@ async fn production(State(state): State<AppState>, req: Request, next: Next) -> 
         .and_then(|v| v.split(',').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
     if !https && let Some(base) = state.config.public_base_url.as_deref() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        // The full path, also when the router is nested inside an application's router.
+        let uri = req
+            .extensions()
+            .get::<OriginalUri>()
+            .map_or_else(|| req.uri(), |o| &o.0);
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let location = format!("{}{}", base.trim_end_matches('/'), pq);
         let mut resp = StatusCode::FOUND.into_response();
         if let Ok(v) = HeaderValue::from_str(&location) {

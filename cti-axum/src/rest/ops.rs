@@ -15,7 +15,11 @@ use serde_json::{Value, json};
 use crate::{AppState, error};
 
 /// `GET /`.
-pub(super) async fn root() -> Response {
+#[utoipa::path(
+    get, path = "/", tag = "ops", operation_id = "root",
+    responses((status = 200, description = "The server runs.", body = crate::openapi::Root)),
+)]
+pub(crate) async fn root() -> Response {
     error::json(
         StatusCode::OK,
         json!({ "message": "CTI Server is running" }),
@@ -23,7 +27,14 @@ pub(super) async fn root() -> Response {
 }
 
 /// `GET /health`: `503 unhealthy` when the store is unreachable or the server is draining.
-pub(super) async fn health(State(st): State<AppState>) -> Response {
+#[utoipa::path(
+    get, path = "/health", tag = "ops", operation_id = "health",
+    responses(
+        (status = 200, description = "Healthy.", body = crate::openapi::Health),
+        (status = 503, description = "`status: unhealthy`: database unreachable or shutting down.", body = crate::openapi::Health),
+    ),
+)]
+pub(crate) async fn health(State(st): State<AppState>) -> Response {
     let db_ok = st.cti.store().ping().await.is_ok();
     let draining = st.shutting_down.load(Ordering::Relaxed);
     let healthy = db_ok && !draining;
@@ -93,7 +104,17 @@ async fn snapshot(st: &AppState) -> Snapshot {
 }
 
 /// `GET /metrics` (JSON).
-pub(super) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    description = "Bearer-protected only with `METRICS_REQUIRE_AUTH`.",
+    responses(
+        (status = 200, description = "Gauges.", body = crate::openapi::Metrics),
+        (status = 401, description = "`METRICS_REQUIRE_AUTH` and no bearer.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`METRICS_REQUIRE_AUTH` and a wrong secret.", body = crate::openapi::ErrorBody),
+    ),
+    security((), ("internal_bearer" = [])),
+)]
+pub(crate) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(r) = metrics_auth(&st, &headers) {
         return r;
     }
@@ -125,7 +146,17 @@ pub(super) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> R
 }
 
 /// `GET /metrics/prometheus`: the same gauges in the text exposition format.
-pub(super) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -> Response {
+#[utoipa::path(
+    get, path = "/metrics/prometheus", tag = "ops", operation_id = "prometheus",
+    description = "Bearer-protected only with `METRICS_REQUIRE_AUTH`.",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
+        (status = 401, description = "`METRICS_REQUIRE_AUTH` and no bearer.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`METRICS_REQUIRE_AUTH` and a wrong secret.", body = crate::openapi::ErrorBody),
+    ),
+    security((), ("internal_bearer" = [])),
+)]
+pub(crate) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(r) = metrics_auth(&st, &headers) {
         return r;
     }
@@ -215,7 +246,25 @@ pub(super) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -
 }
 
 /// `POST /webhooks/dialpad`.
-pub(super) async fn webhook(
+#[utoipa::path(
+    post, path = "/webhooks/dialpad", tag = "webhooks", operation_id = "webhook",
+    description = "Legacy intake verified with the global `DIALPAD_WEBHOOK_SECRET`; the tenant comes from `x-app-api-key` or the payload's organization linked to an active app.",
+    params(("x-app-api-key" = Option<String>, Header, description = "Selects the tenant app.")),
+    request_body(
+        description = "A Dialpad event: a compact HS256 JWT (`application/jwt`) or JSON signed with HMAC-SHA256 of the raw body, base64, in `x-dialpad-signature` or `x-signature` (`application/json`).",
+        content(("application/jwt"), ("application/json")),
+    ),
+    responses(
+        (status = 200, description = "Stored durably (`duplicate: true` for a retry).", body = crate::openapi::WebhookReceived),
+        (status = 400, description = "`Invalid JWT format`, `Invalid JSON`, `Invalid webhook payload` or `Invalid request body`.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "`Invalid JWT signature`, `Invalid webhook signature` or `Unknown or unauthorized app`.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over `WEBHOOK_BODY_LIMIT`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many rejected requests from this client (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "`Webhook persistence failed`: storage error.", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`Webhook persistence failed`: database down, Dialpad retries.", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn webhook(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -224,7 +273,25 @@ pub(super) async fn webhook(
 }
 
 /// `POST /webhooks/dialpad/{app_id}`.
-pub(super) async fn webhook_for_app(
+#[utoipa::path(
+    post, path = "/webhooks/dialpad/{app_id}", tag = "webhooks", operation_id = "webhook_for_app",
+    description = "Intake of one tenant app, verified with that app's webhook secret.",
+    params(("app_id" = String, Path, description = "App id (UUID).")),
+    request_body(
+        description = "A Dialpad event: a compact HS256 JWT (`application/jwt`) or JSON signed with HMAC-SHA256 of the raw body, base64, in `x-dialpad-signature` or `x-signature` (`application/json`).",
+        content(("application/jwt"), ("application/json")),
+    ),
+    responses(
+        (status = 200, description = "Stored durably (`duplicate: true` for a retry).", body = crate::openapi::WebhookReceived),
+        (status = 400, description = "`Invalid JWT format`, `Invalid JSON`, `Invalid webhook payload` or `Invalid request body`.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "`Invalid JWT signature`, `Invalid webhook signature` or `Unknown or unauthorized app`.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over `WEBHOOK_BODY_LIMIT`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many rejected requests from this client (`Retry-After`).", body = crate::openapi::ErrorBody),
+        (status = 500, description = "`Webhook persistence failed`: storage error.", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`Webhook persistence failed`: database down, Dialpad retries.", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn webhook_for_app(
     State(st): State<AppState>,
     Path(app_id): Path<String>,
     headers: HeaderMap,
