@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
+pub mod migrate;
+
 /// `INTERNAL_API_SECRET` of the suite (`S`, ≥ 32 characters).
 pub const S: &str = "e2e-internal-secret-0123456789abcdefghijklmnop";
 /// `DIALPAD_WEBHOOK_SECRET` of the suite (`W`).

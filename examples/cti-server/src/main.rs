@@ -31,12 +31,8 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
-    /// Apply database migrations and exit.
-    Migrate {
-        /// Import data from the original Node.js server's PostgreSQL schema.
-        #[arg(long)]
-        from_original: bool,
-    },
+    /// Apply database migrations and exit (optionally import an original server's database).
+    Migrate(cli::admin::MigrateArgs),
     /// Manage tenant apps.
     Apps {
         #[command(subcommand)]
@@ -72,7 +68,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match command {
             Command::Serve { dev } => serve::run(dev).await,
-            Command::Migrate { from_original } => cli::admin::migrate(from_original).await,
+            Command::Migrate(args) => cli::admin::migrate(args).await,
             Command::Apps { command } => cli::admin::apps(command).await,
             Command::Keys { command } => cli::admin::keys(command).await,
             Command::Events { command } => cli::admin::events(command).await,

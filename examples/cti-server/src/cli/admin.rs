@@ -1,4 +1,5 @@
-//! Admin subcommands working directly on the database: `migrate`, `apps`, `keys`, `events`.
+//! Admin subcommands working directly on the database: `migrate` (and the import of an
+//! original Node-server database), `apps`, `keys`, `events`.
 //!
 //! They read `DATABASE_URL`, `API_KEY_PEPPER` and `DATA_ENCRYPTION_KEY` like `serve` (or the
 //! `--dev` secrets file beside a SQLite database) and print JSON on stdout.
@@ -11,6 +12,10 @@ use cti_core::Cti;
 use cti_core::model::{AppId, AuditContext, PageRequest};
 use cti_core::store::AppPatch;
 use serde_json::json;
+
+use cti_sqlx::PgStore;
+use cti_sqlx::import::{self, ImportOptions};
+use cti_sqlx::pg::PgOptions;
 
 use crate::config;
 use crate::storage;
@@ -114,18 +119,32 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// `migrate [--from-original]`.
-pub async fn migrate(from_original: bool) -> ExitCode {
-    if from_original {
-        eprintln!(
-            "migrate --from-original is not available in this build (cti_sqlx::import::from_original does not exist yet)"
-        );
-        return ExitCode::from(2);
-    }
+/// `migrate …`.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// Also import the original Node.js server's database (PostgreSQL only): copies its tables
+    /// from --source-schema into DATABASE_SCHEMA of the same database in one transaction,
+    /// keeping ids; its bcrypt API keys keep working; the original tables are left untouched
+    /// and running it again copies only new rows.
+    #[arg(long)]
+    pub from_original: bool,
+    /// Schema holding the original tables.
+    #[arg(long, default_value = "public", requires = "from_original")]
+    pub source_schema: String,
+    /// Time zone the original wrote its `TIMESTAMP WITHOUT TIME ZONE` values in.
+    #[arg(long, default_value = "UTC", requires = "from_original")]
+    pub source_time_zone: String,
+}
+
+/// `migrate [--from-original [--source-schema S] [--source-time-zone TZ]]`.
+pub async fn migrate(args: MigrateArgs) -> ExitCode {
     let st = match config::storage_from_env() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if args.from_original {
+        return import_original(&st, &args).await;
+    }
     match storage::open(&st.database_url, &st.database_schema, false).await {
         Ok(_) => {
             println!("migrations applied");
@@ -133,6 +152,73 @@ pub async fn migrate(from_original: bool) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+/// `migrate --from-original`: migrates the store's schema, then imports the original tables
+/// (spec §7.1, §9.7) with [`cti_sqlx::import::from_original`] and prints what was copied.
+async fn import_original(st: &config::StorageConfig, args: &MigrateArgs) -> ExitCode {
+    if !storage::is_postgres(&st.database_url) {
+        eprintln!(
+            "migrate --from-original is not available on SQLite: the original server's data lives \
+             in PostgreSQL. Set DATABASE_URL to that database (postgres://…); the tables are \
+             copied from schema {:?} into schema {:?} of the same database.",
+            args.source_schema, st.database_schema
+        );
+        return ExitCode::from(2);
+    }
+    let store = match PgStore::open(
+        &st.database_url,
+        PgOptions::with_schema(&st.database_schema),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot open the PostgreSQL database: {e}")),
+    };
+    let opts = ImportOptions {
+        source_schema: args.source_schema.clone(),
+        source_time_zone: args.source_time_zone.clone(),
+        cipher: st.cipher.as_ref(),
+    };
+    let r = match import::from_original(&store, &opts).await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("import failed, nothing was written: {e}")),
+    };
+    if r.connections_skipped > 0 || r.webhook_secrets_skipped > 0 {
+        eprintln!(
+            "warning: DATA_ENCRYPTION_KEY is not set: {} Dialpad connection(s) were not imported \
+             (re-connect OAuth) and {} webhook secret(s) were dropped (those webhooks are \
+             verified with DIALPAD_WEBHOOK_SECRET). Set it and run the import again to copy them.",
+            r.connections_skipped, r.webhook_secrets_skipped
+        );
+    }
+    print(&json!({
+        "migrations": "applied",
+        "source_schema": args.source_schema,
+        "target_schema": st.database_schema,
+        "imported": {
+            "apps": r.apps,
+            "legacy_keys": r.legacy_keys,
+            "audit_rows": r.audit_rows,
+            "mappings": r.mappings,
+            "calls": r.calls,
+            "calls_status_remapped": r.calls_status_remapped,
+            "messages": r.messages,
+            "voicemails": r.voicemails,
+            "voicemails_unlinked": r.voicemails_unlinked,
+            "events_pending": r.events_pending,
+            "events_done": r.events_done,
+            "events_without_app": r.events_without_app,
+            "connections": r.connections,
+            "connections_skipped": r.connections_skipped,
+            "connections_org_dropped": r.connections_org_dropped,
+            "webhooks": r.webhooks,
+            "webhook_secrets_encrypted": r.webhook_secrets_encrypted,
+            "webhook_secrets_skipped": r.webhook_secrets_skipped,
+            "dialpad_users_ignored": r.dialpad_users_ignored,
+        },
+    }));
+    ExitCode::SUCCESS
 }
 
 /// `apps …`.

@@ -66,8 +66,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub app_id: String,
     /// Webhook secret used to sign the JWTs (the app's secret or `DIALPAD_WEBHOOK_SECRET`).
+    /// Default: `DIALPAD_WEBHOOK_SECRET`, else the `serve --dev` secrets file beside the
+    /// `DATABASE_URL` SQLite database (`./cti.db.dev-secrets` by default).
     #[arg(long, env = "DIALPAD_WEBHOOK_SECRET", hide_env_values = true)]
-    pub secret: String,
+    pub secret: Option<String>,
     /// Only this lifecycle (default: all).
     #[arg(long)]
     pub lifecycle: Option<String>,
@@ -140,6 +142,15 @@ pub fn sign_event(payload: &str, secret: &[u8]) -> Result<String, String> {
     Ok(cti_core::verify::sign_jwt_hs256(&claims, secret))
 }
 
+/// `DIALPAD_WEBHOOK_SECRET` as the admin commands see it: the environment, or the `--dev`
+/// secrets file beside a SQLite `DATABASE_URL`.
+fn dev_webhook_secret() -> Option<String> {
+    crate::config::storage_from_env()
+        .ok()?
+        .webhook_secret
+        .map(|s| s.expose().clone())
+}
+
 /// Runs `simulate`.
 pub async fn run(args: SimulateArgs) -> ExitCode {
     let lifecycles_text = match &args.fixtures {
@@ -181,6 +192,16 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let secret = match args.secret.clone().or_else(dev_webhook_secret) {
+        Some(s) => s,
+        None => {
+            eprintln!(
+                "no webhook secret: pass --secret, set DIALPAD_WEBHOOK_SECRET, or run from the \
+                 directory of a `serve --dev` database"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let client = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
@@ -205,7 +226,7 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
         );
         for name in &l.events {
             let token = match event_text(args.fixtures.as_ref(), name)
-                .and_then(|t| sign_event(&t, args.secret.as_bytes()))
+                .and_then(|t| sign_event(&t, secret.as_bytes()))
             {
                 Ok(t) => t,
                 Err(e) => {
