@@ -123,7 +123,7 @@ impl Agg {
         }
     }
     fn error(&mut self, e: &crate::Error) {
-        // Keep the kind short: the text before the first ':' plus the first detail word.
+        // Keep the kind short: the first 80 characters of the message.
         let kind: String = e.0.chars().take(80).collect();
         *self.errors.entry(kind).or_default() += 1;
     }
@@ -352,6 +352,15 @@ fn finish(
     last: Instant,
     max_schedule_lag_ms: f64,
 ) -> LoadReport {
+    let mut agg = agg;
+    let answered: u64 = agg.status.values().sum::<u64>() + agg.errors.values().sum::<u64>();
+    if sent > answered {
+        // Requests still waiting for a connection or an answer when the run's grace period
+        // ended (fixed rate: timeout + 5 s after the last scheduled send); they were aborted.
+        *agg.errors
+            .entry("unfinished when the run ended".to_string())
+            .or_default() += sent - answered;
+    }
     let completed: u64 = agg.status.values().sum();
     let errors: u64 = agg.errors.values().sum();
     let elapsed = last.saturating_duration_since(start).as_secs_f64();
