@@ -191,6 +191,21 @@ CREATE TRIGGER voicemails_counts_delete AFTER DELETE ON voicemails
     REFERENCING OLD TABLE AS deleted_voicemails
     FOR EACH STATEMENT EXECUTE FUNCTION voicemail_counts_deleted();
 
+-- TRUNCATE (no row triggers fire): the table is empty afterwards, so are its counters.
+CREATE FUNCTION list_counts_truncated() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    EXECUTE format('DELETE FROM %I', TG_ARGV[0]);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER calls_counts_truncate AFTER TRUNCATE ON calls
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_truncated('call_counts');
+CREATE TRIGGER messages_counts_truncate AFTER TRUNCATE ON messages
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_truncated('message_counts');
+CREATE TRIGGER voicemails_counts_truncate AFTER TRUNCATE ON voicemails
+    FOR EACH STATEMENT EXECUTE FUNCTION list_counts_truncated('voicemail_counts');
+
 -- backfill ----------------------------------------------------------------------------------
 
 INSERT INTO call_counts (app_id, status, direction, n)

@@ -155,7 +155,7 @@ impl PgStore {
         let total = match (total, rows.first()) {
             (Total::Counter(_), Some(row)) => u64_of(col::<i64>(row, "total")?)?,
             // An empty first page: no match in that snapshot.
-            (_, None) if page.offset == 0 => 0,
+            (_, None) if page.offset == 0 && page.limit > 0 => 0,
             (Total::Scan, _) if page.offset == 0 && items.len() < page.limit as usize => {
                 // The page holds every match: no need to count.
                 items.len() as u64

@@ -117,9 +117,9 @@ impl SqliteStore {
                     .map_err(map_err)?;
                 let total: i64 = match rows.first() {
                     Some(row) => row.try_get("total").map_err(map_err)?,
-                    // Nothing at offset 0: nothing at all (same snapshot).
-                    None if page.offset == 0 => 0,
-                    // Past the end: the total alone.
+                    // Nothing on a first page: nothing at all (same snapshot).
+                    None if page.offset == 0 && page.limit > 0 => 0,
+                    // Past the end (or an empty page asked for): the total alone.
                     None => {
                         let mut q = QueryBuilder::<Sqlite>::new("");
                         counter(&mut q);
