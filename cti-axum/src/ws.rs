@@ -212,6 +212,7 @@ impl Session {
     /// copy its by-value arguments (the `WebSocket` is ~370 bytes) into a second slot of the
     /// future. Only the live loop is inline; everything that runs briefly (replay, resync,
     /// closing) is boxed so it does not enlarge every idle socket.
+    #[allow(clippy::manual_async_fn)] // deliberate, see above
     fn run(
         mut self,
         mut socket: WebSocket,
@@ -281,9 +282,7 @@ impl Session {
         let mut page = first;
         let mut replayed = 0usize;
         loop {
-            let Some(last) = page.last().map(|e| e.seq) else {
-                return None;
-            };
+            let last = page.last().map(|e| e.seq)?;
             let full = page.len() >= REPLAY_PAGE;
             for event in &page {
                 if !self.send_event(socket, event).await {
