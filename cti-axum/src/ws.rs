@@ -9,7 +9,7 @@
 //! * Every event is sent as one text frame holding [`PublishedEvent::to_wire`].
 //! * One task per socket multiplexes the subscription, inbound frames and the heartbeat with
 //!   `tokio::select!`. Buffers are sized deliberately and writes are boxed so an idle socket
-//!   costs about 3 kB of server memory (see `benches/ws_idle.rs`).
+//!   costs about 2.5 kB of server memory (see `benches/ws_idle.rs`).
 //!
 //! Close codes: `4001` key rotated/revoked or app deactivated (also when changed by another
 //! process: the subscription remembers its key, see [`Cti::subscribe_with_key`]), `4002` resume
@@ -17,21 +17,24 @@
 //! (after a `lagged` message), `1001` server shutting down, `1011` store unavailable while
 //! replaying a resume backlog.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cti_core::Cti;
-use cti_core::fanout::{Delivery, DrainGuard, Subscription};
+use cti_core::fanout::{Delivery, DrainGuard, LiveEvent, Subscription};
 use cti_core::model::AppId;
 use cti_core::store::PublishedEvent;
+use futures::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -45,11 +48,14 @@ const READ_BUFFER: usize = 256;
 /// Outbound bytes gathered before they are written to the stream. Every message is flushed
 /// right away, so this is only a threshold; nothing is allocated up front.
 const WRITE_BUFFER: usize = 4 * 1024;
-/// Cap of the outbound buffer: one message at a time is written and flushed, so this only has
-/// to hold the largest event (a voicemail with a long transcript). A limit, not an allocation.
-const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + 256 * 1024;
+/// Cap of the outbound buffer. A limit, not an allocation: it must exceed the largest event
+/// (a transcript can approach the 1 MiB webhook body limit), otherwise that event could never
+/// be sent and a resuming client would be dropped on it again and again.
+const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + 16 * 1024 * 1024;
 /// Longest accepted `crm_user_id`.
 const MAX_CRM_USER_LEN: usize = 255;
+/// Live events written before one flush (a burst already queued for the socket).
+const LIVE_BATCH: usize = 64;
 /// Resume backlog read from the store per page (bounds the memory of a resuming socket).
 const REPLAY_PAGE: usize = 256;
 /// A resume further behind than this many events is refused with `resync_required`.
@@ -284,10 +290,8 @@ impl Session {
         loop {
             let last = page.last().map(|e| e.seq)?;
             let full = page.len() >= REPLAY_PAGE;
-            for event in &page {
-                if !self.send_event(socket, event).await {
-                    return Some(End::Drop);
-                }
+            if !self.send_page(socket, &page).await {
+                return Some(End::Drop);
             }
             replayed += page.len();
             if !full {
@@ -329,7 +333,7 @@ impl Session {
             tokio::select! {
                 delivery = subscription.recv() => match delivery {
                     Some(Delivery::Event(event)) => {
-                        if !Box::pin(self.send_event(socket, &event)).await {
+                        if !Box::pin(self.send_live(socket, subscription, event)).await {
                             return End::Drop;
                         }
                     }
@@ -383,22 +387,64 @@ impl Session {
         }
     }
 
-    /// Sends one event unless it is a duplicate or belongs to another CRM user's channel.
-    async fn send_event(&mut self, socket: &mut WebSocket, event: &PublishedEvent) -> bool {
+    /// `true` when this socket should get `event`: not already sent (replayed), and in its
+    /// channel.
+    fn wants(&self, event: &PublishedEvent) -> bool {
         if event.seq <= self.last_sent {
-            return true;
-        }
-        if let (Some(want), Some(target)) = (&self.crm_user, &event.target_crm_user)
-            && want != target
-        {
-            return true;
-        }
-        let text = event.to_wire().to_string();
-        if !self.send(socket, Message::text(text)).await {
             return false;
         }
-        self.last_sent = event.seq;
-        true
+        match (&self.crm_user, &event.target_crm_user) {
+            (Some(want), Some(target)) => want == target,
+            _ => true,
+        }
+    }
+
+    /// Writes `first` and every event already queued behind it (up to [`LIVE_BATCH`]), then
+    /// flushes once: a burst costs one write instead of one per event. The text of each event
+    /// was serialised once for all sockets ([`LiveEvent::wire_text`]).
+    async fn send_live(
+        &mut self,
+        socket: &mut WebSocket,
+        subscription: &mut Subscription,
+        first: Arc<LiveEvent>,
+    ) -> bool {
+        let heartbeat = self.heartbeat;
+        let write = async {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(event) = next.take() {
+                if self.wants(&event) {
+                    socket.feed(shared_text(event.wire_text())).await?;
+                    self.last_sent = event.seq;
+                }
+                taken += 1;
+                if taken < LIVE_BATCH {
+                    next = subscription.try_next_event();
+                }
+            }
+            socket.flush().await
+        };
+        matches!(tokio::time::timeout(heartbeat, write).await, Ok(Ok(())))
+    }
+
+    /// Writes the wanted events of one backlog page and flushes once.
+    async fn send_page(&mut self, socket: &mut WebSocket, page: &[PublishedEvent]) -> bool {
+        let heartbeat = self.heartbeat;
+        let write = async {
+            for event in page {
+                if self.wants(event) {
+                    socket
+                        .feed(Message::text(event.to_wire().to_string()))
+                        .await?;
+                    self.last_sent = event.seq;
+                }
+            }
+            socket.flush().await
+        };
+        matches!(
+            Box::pin(tokio::time::timeout(heartbeat, write)).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn send_pong(&self, socket: &mut WebSocket) -> bool {
@@ -429,6 +475,21 @@ impl Session {
             }
         })
         .await;
+    }
+}
+
+/// A text frame over an event's shared wire text, without copying it.
+fn shared_text(wire: &Arc<str>) -> Message {
+    struct Shared(Arc<str>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    match Utf8Bytes::try_from(Bytes::from_owner(Shared(wire.clone()))) {
+        Ok(text) => Message::Text(text),
+        // Unreachable (an `Arc<str>` is UTF-8); copy rather than fail.
+        Err(_) => Message::text(wire.to_string()),
     }
 }
 

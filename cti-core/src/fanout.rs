@@ -7,6 +7,8 @@
 //!   allocates when events are waiting and is released again once it has been drained, so the
 //!   bound is a limit, not a reservation (a tokio `mpsc` channel would pre-allocate a block of
 //!   slots and cache-padded state per subscriber).
+//! * Every event is wrapped once in a [`LiveEvent`] shared by all its subscribers, which also
+//!   caches the event's wire text: serialised once per event, not once per socket.
 //! * Subscriptions may remember the lookup hash of the API key they were authenticated with
 //!   ([`Hub::subscribe_keyed`]) so that exactly those can be closed when the key stops working
 //!   ([`Hub::close_key`]).
@@ -16,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +34,53 @@ pub const DEFAULT_QUEUE: usize = 1024;
 /// A drained queue whose buffer grew beyond this many slots gives the memory back.
 const KEEP_CAPACITY: usize = 16;
 
+/// A committed event as delivered to live subscribers: the stored event (reachable through
+/// `Deref`) and its wire text, computed on first use and shared by every subscriber.
+pub struct LiveEvent {
+    event: Arc<PublishedEvent>,
+    wire: OnceLock<Arc<str>>,
+}
+
+impl LiveEvent {
+    /// Wraps a published event.
+    pub fn new(event: Arc<PublishedEvent>) -> Self {
+        Self {
+            event,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The published event.
+    pub fn event(&self) -> &Arc<PublishedEvent> {
+        &self.event
+    }
+
+    /// [`PublishedEvent::to_wire`] as JSON text, serialised once for all subscribers.
+    pub fn wire_text(&self) -> &Arc<str> {
+        self.wire
+            .get_or_init(|| Arc::from(self.event.to_wire().to_string()))
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = PublishedEvent;
+    fn deref(&self) -> &PublishedEvent {
+        &self.event
+    }
+}
+
+impl PartialEq for LiveEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
+
+impl std::fmt::Debug for LiveEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.event.fmt(f)
+    }
+}
+
 /// Why a subscription ended.
 enum End {
     Lagged,
@@ -40,7 +89,7 @@ enum End {
 
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Arc<PublishedEvent>>,
+    items: VecDeque<Arc<LiveEvent>>,
     end: Option<End>,
 }
 
@@ -66,7 +115,7 @@ impl Slot {
         self.ready.notify_one();
     }
 
-    fn wants(&self, event: &PublishedEvent) -> bool {
+    fn wants(&self, event: &LiveEvent) -> bool {
         match (&self.crm_user, &event.target_crm_user) {
             (Some(want), Some(target)) => **want == **target,
             _ => true,
@@ -116,7 +165,7 @@ impl std::fmt::Debug for Hub {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Delivery {
     /// A committed event.
-    Event(Arc<PublishedEvent>),
+    Event(Arc<LiveEvent>),
     /// The queue overflowed; the subscription is over (resume with `since`).
     Lagged,
     /// The hub closed the subscription (e.g. code 4001 after a key rotation).
@@ -173,6 +222,21 @@ impl Subscription {
             // A notification sent between the check above and this wait is kept as a permit.
             self.slot.ready.notified().await;
         }
+    }
+
+    /// The next queued event if one is waiting right now; never waits, and leaves the end of
+    /// the subscription (lagged/closed) to [`Subscription::recv`]. Lets a consumer write a burst
+    /// of events with one flush.
+    pub fn try_next_event(&mut self) -> Option<Arc<LiveEvent>> {
+        if self.done {
+            return None;
+        }
+        let mut q = self.slot.queue.lock();
+        let event = q.items.pop_front()?;
+        if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+            q.items = VecDeque::new();
+        }
+        Some(event)
     }
 
     /// The app this subscription belongs to.
@@ -237,6 +301,7 @@ impl Hub {
     /// number of subscribers it was queued for. Subscribers with a full queue are dropped
     /// (they receive [`Delivery::Lagged`] after the events already queued).
     pub fn publish(&self, event: Arc<PublishedEvent>) -> usize {
+        let event = Arc::new(LiveEvent::new(event));
         let mut delivered = 0;
         let mut overflow = Vec::new();
         {
@@ -575,6 +640,42 @@ mod tests {
             h.publish(ev(app, 1, None));
         });
         assert_eq!(seq(sub.recv().await), 1);
+    }
+
+    #[tokio::test]
+    async fn events_are_shared_and_serialised_once() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut a = hub.subscribe(app, None, 4);
+        let mut b = hub.subscribe(app, None, 4);
+        hub.publish(ev(app, 7, None));
+        let (Some(Delivery::Event(x)), Some(Delivery::Event(y))) = (a.recv().await, b.recv().await)
+        else {
+            panic!("no event");
+        };
+        assert!(Arc::ptr_eq(&x, &y));
+        assert!(Arc::ptr_eq(x.wire_text(), y.wire_text()));
+        let wire: serde_json::Value = serde_json::from_str(x.wire_text()).unwrap();
+        assert_eq!(wire["seq"], 7);
+        assert_eq!(wire["event"], "call.ring");
+    }
+
+    #[tokio::test]
+    async fn try_next_event_takes_queued_events_but_not_the_end() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut sub = hub.subscribe(app, None, 8);
+        assert!(sub.try_next_event().is_none());
+        hub.publish(ev(app, 1, None));
+        hub.publish(ev(app, 2, None));
+        hub.close_app(app, 4001, "revoked");
+        assert_eq!(sub.try_next_event().map(|e| e.seq), Some(1));
+        assert_eq!(sub.try_next_event().map(|e| e.seq), Some(2));
+        assert!(sub.try_next_event().is_none());
+        assert!(matches!(
+            sub.recv().await,
+            Some(Delivery::Closed { code: 4001, .. })
+        ));
     }
 
     #[tokio::test]

@@ -80,12 +80,17 @@ fn cli_ctx() -> AuditContext {
     }
 }
 
-async fn engine() -> Result<Cti, ExitCode> {
+/// The engine over the configured database. With `bus` (key rotation/revocation, app
+/// deactivation) it is connected to the PostgreSQL `LISTEN/NOTIFY` bus, so every running
+/// instance closes the app's WebSockets (code 4001) at once. SQLite has no bus between
+/// processes: a running server notices within `CtiConfig::key_recheck` (2 s), when it
+/// re-checks the keys of its live sockets against the database.
+async fn engine(bus: bool) -> Result<Cti, ExitCode> {
     let st = config::storage_from_env().map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)
     })?;
-    let opened = storage::open(&st.database_url, &st.database_schema, false)
+    let opened = storage::open(&st.database_url, &st.database_schema, bus)
         .await
         .map_err(|e| {
             eprintln!("{e}");
@@ -97,7 +102,11 @@ async fn engine() -> Result<Cti, ExitCode> {
         data_cipher: st.cipher,
         ..Default::default()
     };
-    Ok(Cti::builder().store(opened.store).config(cfg).build())
+    let mut builder = Cti::builder().store(opened.store).config(cfg);
+    if let Some(bus) = opened.bus {
+        builder = builder.bus(bus);
+    }
+    Ok(builder.build())
 }
 
 fn app_id(text: &str) -> Result<AppId, ExitCode> {
@@ -223,7 +232,7 @@ async fn import_original(st: &config::StorageConfig, args: &MigrateArgs) -> Exit
 
 /// `apps …`.
 pub async fn apps(cmd: AppsCommand) -> ExitCode {
-    let cti = match engine().await {
+    let cti = match engine(matches!(cmd, AppsCommand::Deactivate { .. })).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -287,7 +296,7 @@ pub async fn apps(cmd: AppsCommand) -> ExitCode {
 
 /// `keys …`.
 pub async fn keys(cmd: KeysCommand) -> ExitCode {
-    let cti = match engine().await {
+    let cti = match engine(!matches!(cmd, KeysCommand::Status { .. })).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -350,7 +359,7 @@ pub async fn keys(cmd: KeysCommand) -> ExitCode {
 
 /// `events …`.
 pub async fn events(cmd: EventsCommand) -> ExitCode {
-    let cti = match engine().await {
+    let cti = match engine(false).await {
         Ok(c) => c,
         Err(code) => return code,
     };
