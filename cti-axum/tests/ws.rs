@@ -1,4 +1,11 @@
-//! `/ws` against a real server (spec §4.5, T117–T126, resume, heartbeat, slow clients).
+//! `/ws` scenarios that need in-process control of the engine: a queue overflow (`lagged` →
+//! 4008), a resume position older than the retained window (4002), a backlog longer than one
+//! replay page, and keys changed behind the engine's back (another process, a grace period
+//! that ends) with a short `key_recheck`.
+//!
+//! Everything observable from outside — handshakes, delivery, isolation, lifecycles, resume,
+//! heartbeat, frame limits, 4001/1001 closes, stalled clients, several instances — runs against
+//! the real server in `examples/cti-server/tests/realtime.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -7,14 +14,13 @@ use std::time::Duration;
 
 use cti_axum::HttpConfig;
 use cti_core::inbox::{IngestOutcome, Running, WebhookRequest};
-use cti_core::model::{App, DialpadId};
+use cti_core::model::App;
 use cti_core::secrets::Secret;
 use cti_core::store::MemoryStore;
 use cti_core::verify::sign_hmac_b64;
 use cti_core::{Cti, CtiConfig};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -37,8 +43,13 @@ impl Env {
     }
 
     async fn with(cti_cfg: CtiConfig, http: HttpConfig) -> Self {
+        Self::on(Arc::new(MemoryStore::new()), cti_cfg, http).await
+    }
+
+    /// An engine and router over `store` (shared with other engines to simulate processes).
+    async fn on(store: Arc<MemoryStore>, cti_cfg: CtiConfig, http: HttpConfig) -> Self {
         let cti = Cti::builder()
-            .store(Arc::new(MemoryStore::new()))
+            .store(store)
             .config(CtiConfig {
                 webhook_secret: Some(Secret::new("W".into())),
                 ..cti_cfg
@@ -174,292 +185,6 @@ async fn close_code(ws: &mut Client, wait: Duration) -> u16 {
 }
 
 #[tokio::test]
-async fn t117_t118_t121_refused_handshakes() {
-    let env = Env::new().await;
-    // T117: no key.
-    assert_eq!(
-        refused(env.url("/ws")).await,
-        (401, serde_json::json!({"error": "Unauthorized"}))
-    );
-    assert_eq!(refused(env.url("/ws?api_key=")).await.0, 401);
-    // T118: unknown key, inactive app.
-    let zeros = format!("/ws?api_key=raw_{}", "0".repeat(64));
-    assert_eq!(
-        refused(env.url(&zeros)).await,
-        (403, serde_json::json!({"error": "Forbidden"}))
-    );
-    let (c, kc) = env
-        .cti
-        .create_app("Tenant C", Default::default())
-        .await
-        .unwrap();
-    env.cti
-        .update_app(
-            c.id,
-            cti_core::store::AppPatch {
-                is_active: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        refused(env.url(&format!("/ws?api_key={}", kc.expose())))
-            .await
-            .0,
-        403
-    );
-    // T121: only the exact path.
-    assert_eq!(
-        refused(env.url(&format!("/wsx?api_key={}", env.ka)))
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        refused(env.url(&format!("/ws/x?api_key={}", env.ka)))
-            .await
-            .0,
-        404
-    );
-    // Invalid since.
-    assert_eq!(
-        refused(env.url(&format!("/ws?api_key={}&since=abc", env.ka)))
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        refused(env.url(&format!("/ws?api_key={}&since=-1", env.ka)))
-            .await
-            .0,
-        400
-    );
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn valid_key_without_upgrade_headers_is_a_json_client_error() {
-    let env = Env::new().await;
-    let mut tcp = TcpStream::connect(env.addr).await.unwrap();
-    let req = format!(
-        "GET /ws?api_key={} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        env.ka
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
-    let status: u16 = resp.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(status == 400 || status == 426, "{resp}");
-    assert!(
-        resp.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{resp}"
-    );
-    let body: Value = serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert!(body["error"].is_string());
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn t119_t120_query_and_header_keys_upgrade() {
-    let env = Env::new().await;
-    let _ws = env.connect(&format!("api_key={}", env.ka)).await;
-    let mut req = env.url("/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("x-app-api-key", env.ka.parse().unwrap());
-    let (_ws2, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn t122_t123_t124_delivery_and_isolation() {
-    let env = Env::new().await;
-    let (_b, kb) = env
-        .cti
-        .create_app("Tenant B", Default::default())
-        .await
-        .unwrap();
-    env.cti
-        .store()
-        .upsert_mapping(env.a.id, DialpadId(12345), "crm_1", env.cti.now())
-        .await
-        .unwrap();
-    let mut sa = env.connect(&format!("api_key={}", env.ka)).await;
-    let mut sb = env.connect(&format!("api_key={}", kb.expose())).await;
-    let mut sa2 = env
-        .connect(&format!("api_key={}&crm_user_id=crm_2", env.ka))
-        .await;
-
-    // T122
-    env.hook(
-        &env.ka,
-        r#"{"event_type":"call.ring","call_id":3001,"direction":"inbound","from":"+15550007777","to":"+15550002222","user_id":12345}"#,
-    )
-    .await;
-    let m = next_json(&mut sa, Duration::from_secs(2))
-        .await
-        .expect("SA got the ring");
-    assert_eq!(m["event"], "call.ring");
-    assert_eq!(m["call_id"], "3001");
-    assert_eq!(m["direction"], "inbound");
-    assert_eq!(m["from_number"], "+15550007777");
-    assert_eq!(m["to_number"], "+15550002222");
-    assert_eq!(m["status"], "ringing");
-    assert_eq!(m["user_id"], "12345");
-    assert_eq!(m["target_crm_user"], "crm_1");
-    assert_eq!(m["seq"], 1);
-    chrono::DateTime::parse_from_rfc3339(m["timestamp"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        next_json(&mut sa, Duration::from_millis(1500)).await,
-        None,
-        "exactly one message"
-    );
-    assert_eq!(
-        next_json(&mut sb, Duration::from_millis(200)).await,
-        None,
-        "other tenant gets nothing"
-    );
-    assert_eq!(
-        next_json(&mut sa2, Duration::from_millis(200)).await,
-        None,
-        "other CRM user gets nothing"
-    );
-
-    // T123
-    env.hook(
-        &env.ka,
-        r#"{"event_type":"call.ended","call_id":3001,"duration":42}"#,
-    )
-    .await;
-    let m = next_json(&mut sa, Duration::from_secs(2))
-        .await
-        .expect("SA got the end");
-    assert_eq!(m["event"], "call.ended");
-    assert_eq!(m["call_id"], "3001");
-    assert_eq!(m["status"], "ended");
-    assert_eq!(m["duration_seconds"], 42);
-    assert_eq!(next_json(&mut sa, Duration::from_millis(500)).await, None);
-
-    // T124
-    env.hook(
-        &env.ka,
-        r#"{"event_type":"call.ring","call_id":3002,"user_id":12345,"direction":"inbound"}"#,
-    )
-    .await;
-    env.hook(
-        &env.ka,
-        r#"{"event_type":"voicemail.received","voicemail":{"call_id":3002,"user_id":12345,"from":"+15550008888","to":"+15550002222","recording_url":"https://files.example.com/vm3002.mp3","duration":12}}"#,
-    )
-    .await;
-    let mut voicemails = Vec::new();
-    while let Some(m) = next_json(&mut sa, Duration::from_millis(1500)).await {
-        if m["event"] == "voicemail.received" {
-            voicemails.push(m);
-        }
-    }
-    assert_eq!(voicemails.len(), 1, "{voicemails:?}");
-    let vm = &voicemails[0];
-    uuid::Uuid::parse_str(vm["voicemail_id"].as_str().unwrap()).unwrap();
-    assert_eq!(vm["call_id"], "3002");
-    assert_eq!(vm["recording_url"], "https://files.example.com/vm3002.mp3");
-    assert_eq!(vm["duration_seconds"], 12);
-    assert_eq!(vm["target_crm_user"], "crm_1");
-    assert_eq!(next_json(&mut sb, Duration::from_millis(100)).await, None);
-    assert_eq!(next_json(&mut sa2, Duration::from_millis(100)).await, None);
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn crm_user_socket_receives_its_own_and_untargeted_events() {
-    let env = Env::new().await;
-    env.cti
-        .store()
-        .upsert_mapping(env.a.id, DialpadId(12345), "crm_1", env.cti.now())
-        .await
-        .unwrap();
-    let mut s1 = env
-        .connect(&format!("api_key={}&crm_user_id=crm_1", env.ka))
-        .await;
-    env.hook(
-        &env.ka,
-        r#"{"event_type":"call.ring","call_id":4001,"direction":"inbound","user_id":12345}"#,
-    )
-    .await;
-    env.ring(4002).await; // no user: app-wide
-    let a = next_json(&mut s1, Duration::from_secs(2)).await.unwrap();
-    let b = next_json(&mut s1, Duration::from_secs(2)).await.unwrap();
-    assert_eq!(
-        (a["call_id"].as_str(), b["call_id"].as_str()),
-        (Some("4001"), Some("4002"))
-    );
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn t125_revocation_closes_with_4001_and_the_key_stops_working() {
-    let env = Env::new().await;
-    let mut sa = env.connect(&format!("api_key={}", env.ka)).await;
-    env.cti
-        .revoke_key(env.a.id, Default::default())
-        .await
-        .unwrap();
-    assert_eq!(close_code(&mut sa, Duration::from_secs(5)).await, 4001);
-    assert_eq!(
-        refused(env.url(&format!("/ws?api_key={}", env.ka))).await.0,
-        403
-    );
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn shutdown_closes_with_1001() {
-    let mut env = Env::new().await;
-    let mut sa = env.connect(&format!("api_key={}", env.ka)).await;
-    env.running
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_millis(200))
-        .await;
-    assert_eq!(close_code(&mut sa, Duration::from_secs(5)).await, 1001);
-}
-
-#[tokio::test]
-async fn resume_with_since_has_no_gap_and_no_duplicate() {
-    let env = Env::new().await;
-    let mut ws = env.connect(&format!("api_key={}", env.ka)).await;
-    env.ring(5001).await;
-    env.ring(5002).await;
-    for seq in 1..=2 {
-        assert_eq!(
-            next_json(&mut ws, Duration::from_secs(2)).await.unwrap()["seq"],
-            seq
-        );
-    }
-    ws.close(None).await.unwrap();
-    drop(ws);
-    env.ring(5003).await;
-    env.ring(5004).await;
-    env.wait_events(4).await;
-    let mut ws = env.connect(&format!("api_key={}&since=2", env.ka)).await;
-    for (seq, call) in [(3, "5003"), (4, "5004")] {
-        let m = next_json(&mut ws, Duration::from_secs(2)).await.unwrap();
-        assert_eq!(
-            (m["seq"].as_u64(), m["call_id"].as_str()),
-            (Some(seq), Some(call))
-        );
-    }
-    env.ring(5005).await;
-    assert_eq!(
-        next_json(&mut ws, Duration::from_secs(2)).await.unwrap()["seq"],
-        5
-    );
-    assert_eq!(next_json(&mut ws, Duration::from_millis(500)).await, None);
-    env.stop().await;
-}
-
-#[tokio::test]
 async fn resume_past_the_retained_window_requires_resync() {
     let env = Env::new().await;
     env.ring(6001).await;
@@ -492,116 +217,6 @@ async fn resume_past_the_retained_window_requires_resync() {
     env.stop().await;
 }
 
-#[tokio::test]
-async fn json_ping_gets_a_pong() {
-    let env = Env::new().await;
-    let mut ws = env.connect(&format!("api_key={}", env.ka)).await;
-    ws.send(Message::text("not json")).await.unwrap();
-    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
-    let m = next_json(&mut ws, Duration::from_secs(2)).await.unwrap();
-    assert_eq!(m["type"], "pong");
-    chrono::DateTime::parse_from_rfc3339(m["timestamp"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        next_json(&mut ws, Duration::from_millis(300)).await,
-        None,
-        "one pong, nothing for junk"
-    );
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn oversized_inbound_frame_drops_the_socket() {
-    let mut http = HttpConfig::new("internal");
-    http.ws_max_frame = 1024;
-    let env = Env::with(CtiConfig::default(), http).await;
-    let mut ws = env.connect(&format!("api_key={}", env.ka)).await;
-    let _ = ws.send(Message::text("x".repeat(4096))).await;
-    let ended = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "socket still open after an oversized frame");
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn t126_heartbeat_pings_and_drops_silent_peers() {
-    let mut http = HttpConfig::new("internal");
-    http.ws_heartbeat = Duration::from_millis(200);
-    let env = Env::with(CtiConfig::default(), http).await;
-    let mut live = env.connect(&format!("api_key={}", env.ka)).await;
-    let silent = env.connect(&format!("api_key={}", env.ka)).await;
-
-    // The live client reads (so tungstenite answers pings) and sees at least one ping.
-    let mut pings = 0;
-    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
-    while let Ok(msg) = tokio::time::timeout_at(until, live.next()).await {
-        match msg {
-            Some(Ok(Message::Ping(_))) => pings += 1,
-            other => panic!("live client got {other:?}"),
-        }
-    }
-    assert!(pings >= 2, "pings: {pings}");
-
-    // The silent client never read: the server gave up on it within two intervals.
-    let mut silent = silent;
-    let ended = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match silent.next().await {
-                Some(Ok(Message::Ping(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(other)) => panic!("silent client got {other:?}"),
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "silent peer was not dropped");
-
-    // The live one is still served.
-    live.send(Message::text(r#"{"type":"ping"}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_json(&mut live, Duration::from_secs(1)).await.unwrap()["type"],
-        "pong"
-    );
-    env.stop().await;
-}
-
-#[tokio::test]
-async fn stalled_client_does_not_delay_others() {
-    let env = Env::with(
-        CtiConfig {
-            subscriber_queue: 4,
-            ..CtiConfig::default()
-        },
-        HttpConfig::new("internal"),
-    )
-    .await;
-    let _stalled = env.connect(&format!("api_key={}", env.ka)).await; // never read
-    let mut fast = env.connect(&format!("api_key={}", env.ka)).await;
-    let started = tokio::time::Instant::now();
-    for i in 0..10u64 {
-        env.ring(7000 + i).await;
-        let m = next_json(&mut fast, Duration::from_secs(2))
-            .await
-            .expect("fast client kept up");
-        assert_eq!(m["seq"], i + 1);
-        assert_eq!(m["call_id"], (7000 + i).to_string());
-    }
-    assert!(started.elapsed() < Duration::from_secs(5));
-    env.stop().await;
-}
-
-// cti-core bug: `Subscription` keeps its `Slot` (which owns the `mpsc::Sender`) alive, so the
-// channel never closes when the hub drops a full subscriber and `Delivery::Lagged` is never
-// returned (the fanout unit test `slow_subscriber_is_dropped_with_lagged_and_others_continue`
-// hangs for the same reason). Un-ignore once `fanout.rs` drops the sender on removal.
 #[tokio::test]
 async fn lagging_socket_gets_lagged_then_4008() {
     let env = Env::with(
@@ -645,5 +260,83 @@ async fn lagging_socket_gets_lagged_then_4008() {
         format!("client too slow; reconnect with since={last}")
     );
     assert_eq!(close_code(&mut ws, Duration::from_secs(2)).await, 4008);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn resume_replays_a_backlog_longer_than_one_page() {
+    let env = Env::new().await;
+    const N: u64 = 600; // more than two replay pages of 256
+    for i in 0..N {
+        env.ring(8000 + i).await;
+    }
+    env.wait_events(N as usize).await;
+    let mut ws = env.connect(&format!("api_key={}&since=0", env.ka)).await;
+    for seq in 1..=N {
+        let m = next_json(&mut ws, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(m["seq"], seq);
+    }
+    env.ring(9999).await;
+    let m = next_json(&mut ws, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        (m["seq"].as_u64(), m["call_id"].as_str()),
+        (Some(N + 1), Some("9999"))
+    );
+    assert_eq!(next_json(&mut ws, Duration::from_millis(300)).await, None);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn key_changed_by_another_process_closes_within_the_recheck() {
+    let store = Arc::new(MemoryStore::new());
+    let cfg = CtiConfig {
+        key_recheck: Duration::from_millis(100),
+        ..CtiConfig::default()
+    };
+    let env = Env::on(store.clone(), cfg, HttpConfig::new("internal")).await;
+    let mut ws = env.connect(&format!("api_key={}", env.ka)).await;
+    let mut user = env
+        .connect(&format!("api_key={}&crm_user_id=crm_1", env.ka))
+        .await;
+    // Another engine on the same store (like the admin CLI) with no bus to this one.
+    let other = Cti::builder().store(store).build();
+    other
+        .revoke_key(env.a.id, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws, Duration::from_secs(3)).await, 4001);
+    assert_eq!(close_code(&mut user, Duration::from_secs(3)).await, 4001);
+    assert_eq!(
+        refused(env.url(&format!("/ws?api_key={}", env.ka))).await.0,
+        403
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_with_grace_closes_old_key_sockets_when_the_grace_ends() {
+    let cfg = CtiConfig {
+        key_recheck: Duration::from_millis(100),
+        ..CtiConfig::default()
+    };
+    let env = Env::with(cfg, HttpConfig::new("internal")).await;
+    let mut old = env.connect(&format!("api_key={}", env.ka)).await;
+    let (_, new_key) = env
+        .cti
+        .issue_key(env.a.id, Some(Duration::from_secs(1)), Default::default())
+        .await
+        .unwrap();
+    let mut new = env.connect(&format!("api_key={}", new_key.expose())).await;
+    // Within the grace period the old key still works: its socket stays open.
+    assert_eq!(next_json(&mut old, Duration::from_millis(500)).await, None);
+    assert_eq!(close_code(&mut old, Duration::from_secs(3)).await, 4001);
+    // The new key's socket is unaffected and still receives events.
+    env.hook(
+        new_key.expose(),
+        r#"{"event_type":"call.ring","call_id":4242,"direction":"inbound"}"#,
+    )
+    .await;
+    let m = next_json(&mut new, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(m["call_id"], "4242");
     env.stop().await;
 }

@@ -14,6 +14,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 pub mod migrate;
+pub mod ws;
 
 /// `INTERNAL_API_SECRET` of the suite (`S`, ≥ 32 characters).
 pub const S: &str = "e2e-internal-secret-0123456789abcdefghijklmnop";
