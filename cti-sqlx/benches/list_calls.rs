@@ -358,7 +358,8 @@ async fn check_totals_sqlite(url: &str, app: AppId) {
         "SELECT COUNT(*) FROM (
             SELECT app_id, status, COALESCE(direction, '') AS direction, COUNT(*) AS n
               FROM calls GROUP BY 1, 2, 3
-         ) r FULL JOIN (SELECT * FROM call_counts WHERE n <> 0) c USING (app_id, status, direction)
+         ) r FULL JOIN (SELECT app_id, status, direction, SUM(n) AS n FROM call_counts
+                GROUP BY 1, 2, 3 HAVING SUM(n) <> 0) c USING (app_id, status, direction)
          WHERE r.n IS NOT c.n",
     )
     .fetch_one(&mut c)
@@ -537,7 +538,8 @@ async fn run_pg(cfg: &Config) {
         "SELECT count(*) FROM (
             SELECT app_id, status, COALESCE(direction, '') AS direction, count(*) AS n
               FROM calls GROUP BY 1, 2, 3
-         ) r FULL JOIN (SELECT * FROM call_counts WHERE n <> 0) c USING (app_id, status, direction)
+         ) r FULL JOIN (SELECT app_id, status, direction, SUM(n) AS n FROM call_counts
+                GROUP BY 1, 2, 3 HAVING SUM(n) <> 0) c USING (app_id, status, direction)
          WHERE r.n IS DISTINCT FROM c.n",
     )
     .fetch_one(store.pool())

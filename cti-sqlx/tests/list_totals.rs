@@ -412,24 +412,31 @@ async fn check_app(s: &Arc<dyn Store>, app: AppId) {
     assert_eq!((p.total, p.items.len()), (want as u64, want));
 }
 
-/// The counter tables against `COUNT(*) … GROUP BY` of the rows (zero rows may stay).
+/// The counter tables (summed over PostgreSQL's shards) against `COUNT(*) … GROUP BY` of the
+/// rows (zero rows may stay); no key sums to a negative count.
 const COUNTER_CHECKS: [&str; 4] = [
     "SELECT COUNT(*) FROM (
         SELECT app_id, status, COALESCE(direction, '') AS direction, COUNT(*) AS n
           FROM calls GROUP BY 1, 2, 3
-     ) r FULL JOIN (SELECT * FROM call_counts WHERE n <> 0) c USING (app_id, status, direction)
+     ) r FULL JOIN (SELECT app_id, status, direction, SUM(n) AS n FROM call_counts
+                GROUP BY 1, 2, 3 HAVING SUM(n) <> 0) c USING (app_id, status, direction)
      WHERE r.n IS DISTINCT FROM c.n",
     "SELECT COUNT(*) FROM (
         SELECT app_id, COALESCE(direction, '') AS direction, COUNT(*) AS n
           FROM messages GROUP BY 1, 2
-     ) r FULL JOIN (SELECT * FROM message_counts WHERE n <> 0) c USING (app_id, direction)
+     ) r FULL JOIN (SELECT app_id, direction, SUM(n) AS n FROM message_counts
+                GROUP BY 1, 2 HAVING SUM(n) <> 0) c USING (app_id, direction)
      WHERE r.n IS DISTINCT FROM c.n",
     "SELECT COUNT(*) FROM (SELECT app_id, COUNT(*) AS n FROM voicemails GROUP BY 1) r
-     FULL JOIN (SELECT * FROM voicemail_counts WHERE n <> 0) c USING (app_id)
+     FULL JOIN (SELECT app_id, SUM(n) AS n FROM voicemail_counts
+                GROUP BY 1 HAVING SUM(n) <> 0) c USING (app_id)
      WHERE r.n IS DISTINCT FROM c.n",
-    "SELECT (SELECT COUNT(*) FROM call_counts WHERE n < 0)
-          + (SELECT COUNT(*) FROM message_counts WHERE n < 0)
-          + (SELECT COUNT(*) FROM voicemail_counts WHERE n < 0)",
+    "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM call_counts GROUP BY app_id, status, direction
+                                      HAVING SUM(n) < 0) x)
+          + (SELECT COUNT(*) FROM (SELECT 1 FROM message_counts GROUP BY app_id, direction
+                                      HAVING SUM(n) < 0) x)
+          + (SELECT COUNT(*) FROM (SELECT 1 FROM voicemail_counts GROUP BY app_id
+                                      HAVING SUM(n) < 0) x)",
 ];
 
 /// Plain SQL on the store's database.

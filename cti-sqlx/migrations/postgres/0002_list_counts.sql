@@ -17,6 +17,11 @@
 -- calls a function. Counter rows are always locked in (app, key) order inside a statement, so
 -- concurrent writers cannot deadlock on them. The functions pin search_path to this schema.
 --
+-- Sharded counters: each key has up to 8 rows (`shard` = the writing backend's pid mod 8, the
+-- backfill writes shard 0), summed on read. Concurrent completes of one app's calls thus update
+-- different rows instead of queueing on one row lock held until commit. A shard row may go
+-- negative (a call counted in one shard, changed from another); only the sums are meaningful.
+--
 -- Writers of these tables wait for this migration (and the backfill sees all of their rows).
 LOCK TABLE calls, messages, voicemails IN SHARE ROW EXCLUSIVE MODE;
 
@@ -24,8 +29,9 @@ CREATE TABLE call_counts (
     app_id    UUID   NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
     status    TEXT   NOT NULL,
     direction TEXT   NOT NULL,
+    shard     SMALLINT NOT NULL DEFAULT 0,
     n         BIGINT NOT NULL,
-    PRIMARY KEY (app_id, status, direction)
+    PRIMARY KEY (app_id, status, direction, shard)
 )
 -- Updated by every call insert and status change: leave room for HOT updates.
 WITH (fillfactor = 50);
@@ -33,14 +39,17 @@ WITH (fillfactor = 50);
 CREATE TABLE message_counts (
     app_id    UUID   NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
     direction TEXT   NOT NULL,
+    shard     SMALLINT NOT NULL DEFAULT 0,
     n         BIGINT NOT NULL,
-    PRIMARY KEY (app_id, direction)
+    PRIMARY KEY (app_id, direction, shard)
 )
 WITH (fillfactor = 50);
 
 CREATE TABLE voicemail_counts (
-    app_id UUID   NOT NULL PRIMARY KEY REFERENCES apps (id) ON DELETE CASCADE,
-    n      BIGINT NOT NULL
+    app_id UUID     NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    shard  SMALLINT NOT NULL DEFAULT 0,
+    n      BIGINT   NOT NULL,
+    PRIMARY KEY (app_id, shard)
 )
 WITH (fillfactor = 50);
 
@@ -49,28 +58,29 @@ WITH (fillfactor = 50);
 CREATE FUNCTION call_counts_inserted() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO call_counts AS c (app_id, status, direction, n)
-    SELECT i.app_id, i.status, COALESCE(i.direction, ''), count(*)
+    INSERT INTO call_counts AS c (app_id, status, direction, shard, n)
+    SELECT i.app_id, i.status, COALESCE(i.direction, ''), pg_backend_pid() % 8, count(*)
       FROM inserted_calls i GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (app_id, status, direction) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ON CONFLICT (app_id, status, direction, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION call_counts_updated() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO call_counts AS c (app_id, status, direction, n)
-    SELECT k.app_id, k.status, k.direction, k.d
+    INSERT INTO call_counts AS c (app_id, status, direction, shard, n)
+    SELECT k.app_id, k.status, k.direction, pg_backend_pid() % 8, k.d
       FROM (VALUES (OLD.app_id, OLD.status, COALESCE(OLD.direction, ''), -1::bigint),
                    (NEW.app_id, NEW.status, COALESCE(NEW.direction, ''), 1::bigint))
            AS k (app_id, status, direction, d)
      ORDER BY 1, 2, 3
-    ON CONFLICT (app_id, status, direction) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ON CONFLICT (app_id, status, direction, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
--- Deletes only decrement existing rows: an app's cascade may have removed them already (and
--- inserting one for an app being deleted would violate the foreign key).
+-- Deletes only decrement existing rows (the key's lowest shard): an app's cascade may have
+-- removed them already (and inserting one for an app being deleted would violate the foreign
+-- key).
 CREATE FUNCTION call_counts_deleted() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE
@@ -80,7 +90,10 @@ BEGIN
                FROM deleted_calls d GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     LOOP
         UPDATE call_counts SET n = n - r.n
-         WHERE app_id = r.app_id AND status = r.status AND direction = r.direction;
+         WHERE app_id = r.app_id AND status = r.status AND direction = r.direction
+           AND shard = (SELECT min(shard) FROM call_counts
+                         WHERE app_id = r.app_id AND status = r.status
+                           AND direction = r.direction);
     END LOOP;
     RETURN NULL;
 END $$;
@@ -102,23 +115,23 @@ CREATE TRIGGER calls_counts_delete AFTER DELETE ON calls
 CREATE FUNCTION message_counts_inserted() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO message_counts AS c (app_id, direction, n)
-    SELECT i.app_id, COALESCE(i.direction, ''), count(*)
+    INSERT INTO message_counts AS c (app_id, direction, shard, n)
+    SELECT i.app_id, COALESCE(i.direction, ''), pg_backend_pid() % 8, count(*)
       FROM inserted_messages i GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (app_id, direction) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ON CONFLICT (app_id, direction, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION message_counts_updated() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO message_counts AS c (app_id, direction, n)
-    SELECT k.app_id, k.direction, k.d
+    INSERT INTO message_counts AS c (app_id, direction, shard, n)
+    SELECT k.app_id, k.direction, pg_backend_pid() % 8, k.d
       FROM (VALUES (OLD.app_id, COALESCE(OLD.direction, ''), -1::bigint),
                    (NEW.app_id, COALESCE(NEW.direction, ''), 1::bigint))
            AS k (app_id, direction, d)
      ORDER BY 1, 2
-    ON CONFLICT (app_id, direction) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ON CONFLICT (app_id, direction, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
@@ -131,7 +144,9 @@ BEGIN
                FROM deleted_messages d GROUP BY 1, 2 ORDER BY 1, 2
     LOOP
         UPDATE message_counts SET n = n - r.n
-         WHERE app_id = r.app_id AND direction = r.direction;
+         WHERE app_id = r.app_id AND direction = r.direction
+           AND shard = (SELECT min(shard) FROM message_counts
+                         WHERE app_id = r.app_id AND direction = r.direction);
     END LOOP;
     RETURN NULL;
 END $$;
@@ -152,20 +167,21 @@ CREATE TRIGGER messages_counts_delete AFTER DELETE ON messages
 CREATE FUNCTION voicemail_counts_inserted() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO voicemail_counts AS c (app_id, n)
-    SELECT i.app_id, count(*) FROM inserted_voicemails i GROUP BY 1 ORDER BY 1
-    ON CONFLICT (app_id) DO UPDATE SET n = c.n + EXCLUDED.n;
+    INSERT INTO voicemail_counts AS c (app_id, shard, n)
+    SELECT i.app_id, pg_backend_pid() % 8, count(*)
+      FROM inserted_voicemails i GROUP BY 1 ORDER BY 1
+    ON CONFLICT (app_id, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION voicemail_counts_updated() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
-    INSERT INTO voicemail_counts AS c (app_id, n)
-    SELECT k.app_id, k.d
+    INSERT INTO voicemail_counts AS c (app_id, shard, n)
+    SELECT k.app_id, pg_backend_pid() % 8, k.d
       FROM (VALUES (OLD.app_id, -1::bigint), (NEW.app_id, 1::bigint)) AS k (app_id, d)
      ORDER BY 1
-    ON CONFLICT (app_id) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ON CONFLICT (app_id, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
 
@@ -176,7 +192,9 @@ DECLARE
 BEGIN
     FOR r IN SELECT d.app_id, count(*) AS n FROM deleted_voicemails d GROUP BY 1 ORDER BY 1
     LOOP
-        UPDATE voicemail_counts SET n = n - r.n WHERE app_id = r.app_id;
+        UPDATE voicemail_counts SET n = n - r.n
+         WHERE app_id = r.app_id
+           AND shard = (SELECT min(shard) FROM voicemail_counts WHERE app_id = r.app_id);
     END LOOP;
     RETURN NULL;
 END $$;

@@ -5,8 +5,10 @@
 //! `Page::total` of calls, messages and voicemails never counts the table when it can be read
 //! from the per-app counters that triggers keep exact (migration `0002`):
 //! `call_counts (app, status, direction)`, `message_counts (app, direction)`,
-//! `voicemail_counts (app)`. Filters the counters cannot answer (exact numbers, Dialpad user)
-//! count their matches over the index of that filter — bounded by the number of matches.
+//! `voicemail_counts (app)`, each key sharded over up to 8 rows by writing backend (summed
+//! here) so concurrent completes of one app do not queue on one counter row. Filters the
+//! counters cannot answer (exact numbers, Dialpad user) count their matches over the index of
+//! that filter — bounded by the number of matches.
 
 use std::collections::HashMap;
 
