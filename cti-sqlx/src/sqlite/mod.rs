@@ -52,7 +52,7 @@ pub use crate::common::MigrationError;
 use crate::common::map_err;
 
 /// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`): `0001` the schema,
-/// `0002` the by-call index of the inbox. (A new migration file is only embedded when this
+/// `0002` the by-call index of the inbox, `0003` the trigger-maintained list counters. (A new migration file is only embedded when this
 /// crate recompiles; `cargo clean -p cti-sqlx` if it was added without a source change.)
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
