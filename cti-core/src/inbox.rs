@@ -956,6 +956,11 @@ impl Cti {
 
     /// Claims and processes one batch; returns how many events were handled. The background
     /// processor ([`Cti::start`]) calls this in a loop; tools and tests may call it directly.
+    ///
+    /// The claimed events are normalized and then finished together with
+    /// [`InboxStore::inbox_complete_batch`](crate::store::InboxStore::inbox_complete_batch)
+    /// (one transaction per batch on the SQL stores); the bus is told once per app about the
+    /// last sequence number the batch published.
     pub async fn process_once(&self) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let cfg = &inner.config.processor;
@@ -964,57 +969,67 @@ impl Cti {
             .inbox_claim(cfg.batch_size, cfg.lease, inner.clock.now())
             .await?;
         let n = claimed.len();
-        for e in claimed {
-            self.process_event(e).await;
+        if n == 0 {
+            return Ok(0);
+        }
+        let items = claimed
+            .iter()
+            .map(|e| {
+                let n = normalize(&e.payload, e.received_at);
+                let result = match &n.event {
+                    crate::normalize::CtiEvent::Ignored { state } => {
+                        EventResult::Ignored(format!("ignored: {state}"))
+                    }
+                    _ => EventResult::Apply(Box::new(n)),
+                };
+                Completion {
+                    event_id: e.id,
+                    attempt: e.attempts,
+                    result,
+                }
+            })
+            .collect();
+        let now = inner.clock.now();
+        let results = inner.store.inbox_complete_batch(items, now).await;
+        let mut heads: HashMap<AppId, u64> = HashMap::new();
+        for (e, result) in claimed.iter().zip(results) {
+            match result {
+                Ok(published) => {
+                    if let Some(last) = published.last() {
+                        let head = heads.entry(e.app_id).or_default();
+                        *head = (*head).max(last.seq);
+                    }
+                    tracing::debug!(event_id = %e.id, app_id = %e.app_id, published = published.len(), "event processed");
+                }
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(event_id = %e.id, "lease lost; another worker owns the event");
+                }
+                Err(err) => self.record_failure(e, &err, now).await,
+            }
+        }
+        for (app_id, seq) in heads {
+            if let Err(err) = inner.bus.notify(BusSignal::Events { app_id, seq }).await {
+                tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
+            }
         }
         Ok(n)
     }
 
-    async fn process_event(&self, e: InboxEvent) {
-        let inner = &self.inner;
-        let cfg = &inner.config.processor;
-        let n = normalize(&e.payload, e.received_at);
-        let result = match &n.event {
-            crate::normalize::CtiEvent::Ignored { state } => {
-                EventResult::Ignored(format!("ignored: {state}"))
-            }
-            _ => EventResult::Apply(Box::new(n)),
-        };
-        let now = inner.clock.now();
-        match inner
+    /// Marks a failed attempt `failed` (with backoff) or `dead` after the last attempt.
+    async fn record_failure(&self, e: &InboxEvent, err: &StoreError, now: Timestamp) {
+        let cfg = &self.inner.config.processor;
+        let retry_at = (e.attempts < cfg.max_attempts).then(|| {
+            now + chrono::Duration::from_std(cfg.backoff(e.attempts))
+                .unwrap_or(chrono::Duration::seconds(1))
+        });
+        tracing::warn!(event_id = %e.id, attempts = e.attempts, dead = retry_at.is_none(), error = %err, "event processing failed");
+        if let Err(err2) = self
+            .inner
             .store
-            .inbox_complete(e.id, e.attempts, result, now)
+            .inbox_fail(e.id, e.attempts, &err.to_string(), retry_at, now)
             .await
         {
-            Ok(published) => {
-                if let Some(last) = published.last() {
-                    let sig = BusSignal::Events {
-                        app_id: e.app_id,
-                        seq: last.seq,
-                    };
-                    if let Err(err) = inner.bus.notify(sig).await {
-                        tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
-                    }
-                }
-                tracing::debug!(event_id = %e.id, app_id = %e.app_id, published = published.len(), "event processed");
-            }
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!(event_id = %e.id, "lease lost; another worker owns the event");
-            }
-            Err(err) => {
-                let retry_at = (e.attempts < cfg.max_attempts).then(|| {
-                    now + chrono::Duration::from_std(cfg.backoff(e.attempts))
-                        .unwrap_or(chrono::Duration::seconds(1))
-                });
-                tracing::warn!(event_id = %e.id, attempts = e.attempts, dead = retry_at.is_none(), error = %err, "event processing failed");
-                if let Err(err2) = inner
-                    .store
-                    .inbox_fail(e.id, e.attempts, &err.to_string(), retry_at, now)
-                    .await
-                {
-                    tracing::warn!(event_id = %e.id, error = %err2, "could not record the failure; the lease will expire");
-                }
-            }
+            tracing::warn!(event_id = %e.id, error = %err2, "could not record the failure; the lease will expire");
         }
     }
 

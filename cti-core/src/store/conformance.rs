@@ -30,6 +30,7 @@ macro_rules! store_conformance_tests {
             apps_and_keys, concurrent_key_rotation, legacy_key_backfill, tenant_isolation,
             inbox_dedupe_per_tenant, claim_lease_and_expiry, retry_backoff_dead_letter_redrive,
             per_call_ordering, concurrent_claims_are_exclusive, complete_applies_and_publishes,
+            complete_batch,
             call_pagination_and_filters, message_and_voicemail_queries, mappings,
             dialpad_connections_webhooks_subscriptions, purge_and_retention);
     };
@@ -891,6 +892,160 @@ pub async fn complete_applies_and_publishes(s: Arc<dyn Store>) {
     assert_eq!(s.oldest_event_seq(a.id).await.unwrap(), Some(1));
     let st = s.inbox_stats().await.unwrap();
     assert_eq!((st.done, st.unprocessed, st.processing), (4, 0, 0));
+}
+
+/// `inbox_complete_batch`: every item gets the result `inbox_complete` would give it, a lost
+/// lease in the middle of a batch changes nothing for the others, sequence numbers stay
+/// gap-free per app.
+pub async fn complete_batch(s: Arc<dyn Store>) {
+    let a = new_app(&s, "A", "a").await;
+    let b = new_app(&s, "B", "b").await;
+    s.upsert_mapping(a.id, DialpadId(12345), "crm_1", t0())
+        .await
+        .unwrap();
+    let events = vec![
+        ev(a.id, "a-10", Some(10), Some(1), t0()),
+        ev(a.id, "a-11", Some(11), Some(1), t0() + secs(1)),
+        ev(b.id, "b-10", Some(10), Some(1), t0() + secs(2)),
+        ev(a.id, "a-none", None, None, t0() + secs(3)),
+        ev(a.id, "a-12", Some(12), Some(1), t0() + secs(4)),
+    ];
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    s.inbox_insert(events).await.unwrap();
+    let now = t0() + secs(10);
+    let claimed = s
+        .inbox_claim(10, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    let attempt = |id: Uuid| claimed.iter().find(|e| e.id == id).unwrap().attempts;
+    // The last event's lease is gone before the batch commits.
+    s.inbox_fail(ids[4], attempt(ids[4]), "boom", Some(now + secs(60)), now)
+        .await
+        .unwrap();
+    let apply = |id: Uuid, call: u64| Completion {
+        event_id: id,
+        attempt: attempt(id),
+        result: EventResult::Apply(Box::new(call_norm(
+            CtiEvent::CallRinging,
+            call,
+            100,
+            Some(12345),
+        ))),
+    };
+    let items = vec![
+        apply(ids[0], 10),
+        apply(ids[1], 11),
+        apply(ids[2], 10),
+        Completion {
+            event_id: ids[3],
+            attempt: attempt(ids[3]),
+            result: EventResult::Ignored("ignored: nothing".into()),
+        },
+        apply(ids[4], 12),
+    ];
+    let results = s.inbox_complete_batch(items, now).await;
+    assert_eq!(results.len(), 5);
+    let seqs = |r: &StoreResult<Vec<PublishedEvent>>| -> Vec<(AppId, u64, Option<String>)> {
+        r.as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.app_id, p.seq, p.target_crm_user.clone()))
+            .collect()
+    };
+    assert_eq!(seqs(&results[0]), vec![(a.id, 1, Some("crm_1".into()))]);
+    assert_eq!(seqs(&results[1]), vec![(a.id, 2, Some("crm_1".into()))]);
+    assert_eq!(seqs(&results[2]), vec![(b.id, 1, None)]);
+    assert!(results[3].as_ref().unwrap().is_empty());
+    assert!(matches!(results[4], Err(StoreError::LeaseLost)));
+
+    for (app, call) in [(a.id, 10), (a.id, 11), (b.id, 10)] {
+        let c = s
+            .get_call_by_dialpad_id(app, DialpadId(call))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("call {call} of a batch item is missing"));
+        assert_eq!(c.status, CallStatus::Ringing);
+    }
+    assert!(
+        s.get_call_by_dialpad_id(a.id, DialpadId(12))
+            .await
+            .unwrap()
+            .is_none(),
+        "the item whose lease was lost wrote nothing"
+    );
+    let statuses: Vec<EventStatus> = inbox_statuses(&s, &ids).await;
+    assert_eq!(
+        statuses,
+        vec![
+            EventStatus::Done,
+            EventStatus::Done,
+            EventStatus::Done,
+            EventStatus::Ignored,
+            EventStatus::Failed
+        ]
+    );
+    let since = s.events_since(a.id, 0, 100).await.unwrap();
+    assert_eq!(since.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+
+    // A stale item (its event is already done) fails alone; the rest of the batch commits.
+    let more = vec![
+        ev(a.id, "a-13", Some(13), Some(1), now),
+        ev(b.id, "b-14", Some(14), Some(1), now + secs(1)),
+    ];
+    let more_ids: Vec<Uuid> = more.iter().map(|e| e.id).collect();
+    s.inbox_insert(more).await.unwrap();
+    let later = now + secs(5);
+    let claimed2 = s
+        .inbox_claim(10, Duration::from_secs(30), later)
+        .await
+        .unwrap();
+    let attempt2 = |id: Uuid| claimed2.iter().find(|e| e.id == id).unwrap().attempts;
+    let results = s
+        .inbox_complete_batch(
+            vec![
+                Completion {
+                    event_id: more_ids[0],
+                    attempt: attempt2(more_ids[0]),
+                    result: EventResult::Apply(Box::new(call_norm(
+                        CtiEvent::CallRinging,
+                        13,
+                        100,
+                        None,
+                    ))),
+                },
+                apply(ids[0], 10),
+                Completion {
+                    event_id: more_ids[1],
+                    attempt: attempt2(more_ids[1]),
+                    result: EventResult::Apply(Box::new(call_norm(
+                        CtiEvent::CallRinging,
+                        14,
+                        100,
+                        None,
+                    ))),
+                },
+            ],
+            later,
+        )
+        .await;
+    assert_eq!(seqs(&results[0]), vec![(a.id, 3, None)]);
+    assert!(matches!(results[1], Err(StoreError::LeaseLost)));
+    assert_eq!(seqs(&results[2]), vec![(b.id, 2, None)]);
+    assert!(
+        s.inbox_complete_batch(Vec::new(), later).await.is_empty(),
+        "an empty batch is a no-op"
+    );
+    let st = s.inbox_stats().await.unwrap();
+    assert_eq!((st.done, st.ignored, st.failed), (5, 1, 1));
+}
+
+async fn inbox_statuses(s: &Arc<dyn Store>, ids: &[Uuid]) -> Vec<EventStatus> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(s.inbox_get(None, *id).await.unwrap().unwrap().status);
+    }
+    out
 }
 
 /// Ordering `started_at DESC NULLS LAST, created_at DESC`, filters, offset/limit and totals.

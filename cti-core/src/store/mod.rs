@@ -23,7 +23,7 @@ use crate::model::*;
 use crate::normalize::Normalized;
 
 /// Errors a store reports. Callers act differently only on these variants.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (HTTP answers 503 / webhook 5xx so Dialpad retries).
     #[error("storage unavailable: {0}")]
@@ -199,6 +199,29 @@ pub trait InboxStore: Send + Sync {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>>;
+
+    /// Finishes several claimed events; the result of each, in input order, is what
+    /// [`InboxStore::inbox_complete`] would have returned for it.
+    ///
+    /// The default completes them one after another. Backends override it to finish the whole
+    /// batch in one transaction (one commit, one disk flush, instead of one per event); a
+    /// failure inside that transaction must not change the outcome of the other items (the
+    /// SQL stores then roll back and complete the items one by one). Events of the same call
+    /// never appear twice in one batch (a claim hands out one event per call).
+    async fn inbox_complete_batch(
+        &self,
+        items: Vec<Completion>,
+        now: Timestamp,
+    ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for c in items {
+            out.push(
+                self.inbox_complete(c.event_id, c.attempt, c.result, now)
+                    .await,
+            );
+        }
+        out
+    }
 
     /// Records a failed attempt: `failed` with `next_attempt_at = retry_at`, or `dead` when
     /// `retry_at` is `None`. Fails with [`StoreError::LeaseLost`] like `inbox_complete`.
@@ -402,6 +425,18 @@ pub trait Store:
     async fn ping(&self) -> StoreResult<()>;
     /// Short backend name for logs and metrics (`memory`, `sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+}
+
+/// One item of [`InboxStore::inbox_complete_batch`]: the arguments of
+/// [`InboxStore::inbox_complete`] for one claimed event.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The claimed event.
+    pub event_id: Uuid,
+    /// The claim's attempt number (the lease token).
+    pub attempt: u32,
+    /// What to do with it.
+    pub result: EventResult,
 }
 
 /// What a processed event does, decided by [`crate::normalize`].

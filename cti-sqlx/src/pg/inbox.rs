@@ -108,6 +108,103 @@ fn claim_window(limit: usize) -> i64 {
     i64_of_usize(limit.saturating_mul(4).saturating_add(64).min(20_000))
 }
 
+/// Transaction-scoped advisory locks on the apps of the given events, in key order. Every
+/// transaction that applies events takes them first, so two of them never wait on each other's
+/// rows of one app (call and message rows, list counters, `apps.last_event_seq`) in opposite
+/// orders: applying is serialised per app, and an app's publishers commit in sequence order.
+const APP_LOCKS_SQL: &str = "SELECT count(pg_advisory_xact_lock(l.k)) FROM (
+        SELECT DISTINCT hashtextextended('cti-app:' || app_id::text, 0) AS k
+        FROM webhook_events WHERE id = ANY($1) ORDER BY 1
+    ) l";
+
+impl PgStore {
+    /// Completes every item in one transaction; any error rolls all of them back.
+    async fn complete_all(
+        &self,
+        items: &[Completion],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Vec<PublishedEvent>>> {
+        let mut tx = self.pool.begin().await.map_err(pg_err)?;
+        let applying: Vec<Uuid> = items
+            .iter()
+            .filter(|c| matches!(c.result, EventResult::Apply(_)))
+            .map(|c| c.event_id)
+            .collect();
+        if !applying.is_empty() {
+            sqlx::query(APP_LOCKS_SQL)
+                .bind(&applying)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_err)?;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for c in items {
+            out.push(complete_one(&mut tx, c, now).await?);
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(out)
+    }
+}
+
+/// Finishes one claimed event inside the caller's transaction (the algorithm in
+/// `crate::common`).
+async fn complete_one(
+    conn: &mut PgConnection,
+    c: &Completion,
+    now: Timestamp,
+) -> StoreResult<Vec<PublishedEvent>> {
+    let attempt = i32::try_from(c.attempt).map_err(|_| StoreError::LeaseLost)?;
+    let n = match &c.result {
+        EventResult::Ignored(reason) => {
+            let done = sqlx::query(IGNORE_SQL)
+                .bind(c.event_id)
+                .bind(attempt)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(pg_err)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::LeaseLost);
+            }
+            return Ok(Vec::new());
+        }
+        EventResult::Apply(n) => n,
+    };
+    let row = sqlx::query(LEASE_AND_LOCK_SQL)
+        .bind(c.event_id)
+        .bind(attempt)
+        .bind(now)
+        .bind(lock_names(n))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    let Some(row) = row else {
+        return Err(StoreError::LeaseLost);
+    };
+    let app = AppId(col(&row, "app_id")?);
+    let existing = load_existing(conn, app, n).await?;
+    let applied = apply_event(app, n, existing, now);
+    if let Some(c) = &applied.call {
+        upsert_call(conn, c).await?;
+    }
+    if let Some(v) = &applied.voicemail {
+        upsert_voicemail(conn, v).await?;
+    }
+    if let Some(m) = &applied.message {
+        upsert_message(conn, m).await?;
+    }
+    if applied.outbox.is_empty() {
+        Ok(Vec::new())
+    } else {
+        append_outbox(conn, app, applied.outbox, now).await
+    }
+}
+
+/// Marks an event `ignored` if this attempt still holds it.
+const IGNORE_SQL: &str = "UPDATE webhook_events SET status = 'ignored', last_error = $3, \
+    processed_at = $4, locked_until = NULL WHERE id = $1 AND status = 'processing' AND attempts = $2";
+
 /// Names of the records an event merges into (`call:<id>`, `message:<id>`); each becomes a
 /// transaction-scoped advisory lock on `hashtextextended('cti:<app>:<name>')`.
 fn lock_names(n: &Normalized) -> Vec<String> {
@@ -570,60 +667,44 @@ impl InboxStore for PgStore {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>> {
-        let attempt = i32::try_from(attempt).map_err(|_| StoreError::LeaseLost)?;
-        match result {
-            EventResult::Ignored(reason) => {
-                // One statement: the lease check and the status change are atomic.
-                let done = sqlx::query(
-                    "UPDATE webhook_events SET status = 'ignored', last_error = $3, processed_at = $4, \
-                     locked_until = NULL WHERE id = $1 AND status = 'processing' AND attempts = $2",
-                )
-                .bind(event_id)
-                .bind(attempt)
-                .bind(reason)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(pg_err)?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::LeaseLost);
+        let c = Completion {
+            event_id,
+            attempt,
+            result,
+        };
+        if matches!(c.result, EventResult::Ignored(_)) {
+            // One statement: the lease check and the status change are atomic.
+            let mut conn = self.pool.acquire().await.map_err(pg_err)?;
+            return complete_one(&mut conn, &c, now).await;
+        }
+        let mut out = self.complete_all(std::slice::from_ref(&c), now).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One transaction for the whole batch: one commit (one WAL flush) instead of one per
+    /// event. If any item fails, the transaction is rolled back and the items are completed one
+    /// by one, so each gets exactly the result [`InboxStore::inbox_complete`] gives it.
+    async fn inbox_complete_batch(
+        &self,
+        items: Vec<Completion>,
+        now: Timestamp,
+    ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+        if items.len() > 1 {
+            match self.complete_all(&items, now).await {
+                Ok(out) => return out.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
                 }
-                Ok(Vec::new())
-            }
-            EventResult::Apply(n) => {
-                let mut tx = self.pool.begin().await.map_err(pg_err)?;
-                let row = sqlx::query(LEASE_AND_LOCK_SQL)
-                    .bind(event_id)
-                    .bind(attempt)
-                    .bind(now)
-                    .bind(lock_names(&n))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(pg_err)?;
-                let Some(row) = row else {
-                    return Err(StoreError::LeaseLost);
-                };
-                let app = AppId(col(&row, "app_id")?);
-                let existing = load_existing(&mut tx, app, &n).await?;
-                let applied = apply_event(app, &n, existing, now);
-                if let Some(c) = &applied.call {
-                    upsert_call(&mut tx, c).await?;
-                }
-                if let Some(v) = &applied.voicemail {
-                    upsert_voicemail(&mut tx, v).await?;
-                }
-                if let Some(m) = &applied.message {
-                    upsert_message(&mut tx, m).await?;
-                }
-                let published = if applied.outbox.is_empty() {
-                    Vec::new()
-                } else {
-                    append_outbox(&mut tx, app, applied.outbox, now).await?
-                };
-                tx.commit().await.map_err(pg_err)?;
-                Ok(published)
             }
         }
+        let mut out = Vec::with_capacity(items.len());
+        for c in items {
+            out.push(
+                self.inbox_complete(c.event_id, c.attempt, c.result, now)
+                    .await,
+            );
+        }
+        out
     }
 
     async fn inbox_fail(

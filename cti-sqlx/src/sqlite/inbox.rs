@@ -111,47 +111,44 @@ impl InboxStore for SqliteStore {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>> {
-        // Lease check and status change in one statement; `done` keeps the last error of
-        // earlier attempts.
-        const FINISH: &str = "UPDATE webhook_events
-                SET status = ?1, last_error = COALESCE(?2, last_error), processed_at = ?3,
-                    locked_until = NULL
-              WHERE id = ?4 AND status = 'processing' AND attempts = ?5
-             RETURNING app_id";
         let mut w = self.write_conn().await;
-        let n = match result {
-            EventResult::Ignored(reason) => {
-                // A single statement: atomic without a transaction.
-                sqlx::query_scalar::<_, String>(FINISH)
-                    .bind(EventStatus::Ignored.as_str())
-                    .bind(reason)
-                    .bind(ts(&now))
-                    .bind(event_id.to_string())
-                    .bind(i64::from(attempt))
-                    .fetch_optional(&mut *w)
-                    .await
-                    .map_err(map_err)?
-                    .ok_or(StoreError::LeaseLost)?;
-                return Ok(Vec::new());
-            }
-            EventResult::Apply(n) => n,
-        };
+        if let EventResult::Ignored(_) = &result {
+            // A single statement: atomic without a transaction.
+            return complete_one(&mut w, event_id, attempt, &result, now).await;
+        }
         // The whole transaction (status change included) rolls back if applying fails.
         let mut tx = begin_immediate(&mut w).await?;
-        let app: String = sqlx::query_scalar(FINISH)
-            .bind(EventStatus::Done.as_str())
-            .bind(None::<String>)
-            .bind(ts(&now))
-            .bind(event_id.to_string())
-            .bind(i64::from(attempt))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .ok_or(StoreError::LeaseLost)?;
-        let app = AppId(common::uuid_from_text("app_id", &app)?);
-        let published = apply(&mut tx, app, &n, now).await?;
+        let published = complete_one(&mut tx, event_id, attempt, &result, now).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(published)
+    }
+
+    /// One `BEGIN IMMEDIATE … COMMIT` for the whole batch: one WAL append and one writer
+    /// hand-over instead of one per event. If any item fails, the transaction is rolled back
+    /// and the items are completed one by one, so each gets exactly the result
+    /// [`InboxStore::inbox_complete`] gives it.
+    async fn inbox_complete_batch(
+        &self,
+        items: Vec<Completion>,
+        now: Timestamp,
+    ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+        if items.len() > 1 {
+            let mut w = self.write_conn().await;
+            match complete_all(&mut w, &items, now).await {
+                Ok(out) => return out.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for c in items {
+            out.push(
+                self.inbox_complete(c.event_id, c.attempt, c.result, now)
+                    .await,
+            );
+        }
+        out
     }
 
     async fn inbox_fail(
@@ -330,6 +327,61 @@ impl InboxStore for SqliteStore {
             .rows_affected();
         Ok(n)
     }
+}
+
+/// Lease check and status change in one statement; `done` keeps the last error of earlier
+/// attempts. Returns the event's app when this attempt still holds it.
+const FINISH_SQL: &str = "UPDATE webhook_events
+        SET status = ?1, last_error = COALESCE(?2, last_error), processed_at = ?3,
+            locked_until = NULL
+      WHERE id = ?4 AND status = 'processing' AND attempts = ?5
+     RETURNING app_id";
+
+/// Finishes one claimed event on `conn` (the algorithm in `crate::common`); the caller owns
+/// the transaction.
+async fn complete_one(
+    conn: &mut SqliteConnection,
+    event_id: Uuid,
+    attempt: u32,
+    result: &EventResult,
+    now: Timestamp,
+) -> StoreResult<Vec<PublishedEvent>> {
+    let (status, reason) = match result {
+        EventResult::Ignored(reason) => (EventStatus::Ignored, Some(reason.as_str())),
+        EventResult::Apply(_) => (EventStatus::Done, None),
+    };
+    let app: String = sqlx::query_scalar(FINISH_SQL)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(ts(&now))
+        .bind(event_id.to_string())
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .ok_or(StoreError::LeaseLost)?;
+    match result {
+        EventResult::Ignored(_) => Ok(Vec::new()),
+        EventResult::Apply(n) => {
+            let app = AppId(common::uuid_from_text("app_id", &app)?);
+            apply(conn, app, n, now).await
+        }
+    }
+}
+
+/// Completes every item in one transaction; any error rolls all of them back.
+async fn complete_all(
+    conn: &mut SqliteConnection,
+    items: &[Completion],
+    now: Timestamp,
+) -> StoreResult<Vec<Vec<PublishedEvent>>> {
+    let mut tx = begin_immediate(conn).await?;
+    let mut out = Vec::with_capacity(items.len());
+    for c in items {
+        out.push(complete_one(&mut tx, c.event_id, c.attempt, &c.result, now).await?);
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(out)
 }
 
 /// Inserts `events` with multi-row statements — one round trip to the database thread per
