@@ -1038,6 +1038,95 @@ pub async fn complete_batch(s: Arc<dyn Store>) {
     );
     let st = s.inbox_stats().await.unwrap();
     assert_eq!((st.done, st.ignored, st.failed), (5, 1, 1));
+
+    // Two events of one SMS (no call id, so one claim may hand out both) and a voicemail in
+    // one batch: the later item sees what the earlier one wrote.
+    let sms = |status: &str, text: Option<&str>| Normalized {
+        event: CtiEvent::SmsReceived,
+        call: None,
+        voicemail: None,
+        message: Some(MessageUpdate {
+            dialpad_message_id: Some(DialpadId(9001)),
+            direction: Some(Direction::Inbound),
+            text: text.map(Into::into),
+            dialpad_user_id: Some(DialpadId(12345)),
+            message_status: Some(status.into()),
+            ..Default::default()
+        }),
+    };
+    let vm = Normalized {
+        event: CtiEvent::VoicemailReceived,
+        call: None,
+        voicemail: Some(VoicemailUpdate {
+            dialpad_call_id: Some(DialpadId(10)),
+            recording_url: Some("https://files.example.com/vm10.mp3".into()),
+            ..Default::default()
+        }),
+        message: None,
+    };
+    let third = vec![
+        ev(a.id, "sms-1", None, None, later),
+        ev(a.id, "sms-2", None, None, later + secs(1)),
+        ev(a.id, "vm-10", Some(10), Some(2), later + secs(2)),
+    ];
+    let third_ids: Vec<Uuid> = third.iter().map(|e| e.id).collect();
+    s.inbox_insert(third).await.unwrap();
+    let last = later + secs(10);
+    let claimed3 = s
+        .inbox_claim(10, Duration::from_secs(30), last)
+        .await
+        .unwrap();
+    assert_eq!(claimed3.len(), 3);
+    let attempt3 = |id: Uuid| claimed3.iter().find(|e| e.id == id).unwrap().attempts;
+    let results = s
+        .inbox_complete_batch(
+            vec![
+                Completion {
+                    event_id: third_ids[0],
+                    attempt: attempt3(third_ids[0]),
+                    result: EventResult::Apply(Box::new(sms("pending", Some("Hi")))),
+                },
+                Completion {
+                    event_id: third_ids[1],
+                    attempt: attempt3(third_ids[1]),
+                    result: EventResult::Apply(Box::new(sms("delivered", None))),
+                },
+                Completion {
+                    event_id: third_ids[2],
+                    attempt: attempt3(third_ids[2]),
+                    result: EventResult::Apply(Box::new(vm)),
+                },
+            ],
+            last,
+        )
+        .await;
+    let published: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.as_ref().unwrap().iter().map(|p| p.seq))
+        .collect();
+    let mut sorted = published.clone();
+    sorted.sort_unstable();
+    assert_eq!(published, sorted, "sequence numbers follow the batch order");
+    assert!(published.iter().all(|seq| *seq > 3));
+    let msgs = s
+        .list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
+    assert_eq!(msgs.total, 1, "one message row for both events");
+    assert_eq!(msgs.items[0].message_status.as_deref(), Some("delivered"));
+    assert_eq!(msgs.items[0].text.as_deref(), Some("Hi"));
+    let vms = s
+        .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
+    assert_eq!(vms.total, 1);
+    assert_eq!(vms.items[0].dialpad_call_id, Some(DialpadId(10)));
+    assert_eq!(
+        vms.items[0].recording_url.as_deref(),
+        Some("https://files.example.com/vm10.mp3")
+    );
+    let since = s.events_since(a.id, 3, 100).await.unwrap();
+    assert_eq!(since.iter().map(|e| e.seq).collect::<Vec<_>>(), published);
 }
 
 async fn inbox_statuses(s: &Arc<dyn Store>, ids: &[Uuid]) -> Vec<EventStatus> {

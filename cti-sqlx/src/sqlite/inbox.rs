@@ -10,15 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cti_core::model::*;
-use cti_core::normalize::Normalized;
-use cti_core::normalize::apply::call_key;
 use cti_core::store::*;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::rows::{
-    self, CALL_COLS, EVENT_COLS, MESSAGE_COLS, OUTBOX_COLS, VOICEMAIL_COLS, int, ts,
-};
+use super::complete::complete_set;
+use super::rows::{self, EVENT_COLS, OUTBOX_COLS, int, ts};
 use super::{SqliteStore, begin_immediate};
 use crate::common::{self, map_err};
 use sqlx::Connection;
@@ -111,21 +108,26 @@ impl InboxStore for SqliteStore {
         result: EventResult,
         now: Timestamp,
     ) -> StoreResult<Vec<PublishedEvent>> {
+        let item = Completion {
+            event_id,
+            attempt,
+            result,
+        };
         let mut w = self.write_conn().await;
-        if let EventResult::Ignored(_) = &result {
-            // A single statement: atomic without a transaction.
-            return complete_one(&mut w, event_id, attempt, &result, now).await;
-        }
         // The whole transaction (status change included) rolls back if applying fails.
         let mut tx = begin_immediate(&mut w).await?;
-        let published = complete_one(&mut tx, event_id, attempt, &result, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(published)
+        let mut out = complete_set(&mut tx, std::slice::from_ref(&item), now).await?;
+        let result = out.pop().unwrap_or(Err(StoreError::LeaseLost));
+        if result.is_ok() {
+            tx.commit().await.map_err(map_err)?;
+        }
+        result
     }
 
-    /// One `BEGIN IMMEDIATE … COMMIT` for the whole batch: one WAL append and one writer
-    /// hand-over instead of one per event. If any item fails, the transaction is rolled back
-    /// and the items are completed one by one, so each gets exactly the result
+    /// One `BEGIN IMMEDIATE … COMMIT` and a constant number of statements for the whole
+    /// batch (see `complete.rs`): one WAL append and a short hold of the writer instead of a
+    /// transaction per event. If a statement fails, the transaction is rolled back and the
+    /// items are completed one by one, so each gets exactly the result
     /// [`InboxStore::inbox_complete`] gives it.
     async fn inbox_complete_batch(
         &self,
@@ -134,8 +136,15 @@ impl InboxStore for SqliteStore {
     ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
         if items.len() > 1 {
             let mut w = self.write_conn().await;
-            match complete_all(&mut w, &items, now).await {
-                Ok(out) => return out.into_iter().map(Ok).collect(),
+            let done = async {
+                let mut tx = begin_immediate(&mut w).await?;
+                let out = complete_set(&mut tx, &items, now).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok::<_, StoreError>(out)
+            }
+            .await;
+            match done {
+                Ok(out) => return out,
                 Err(e) => {
                     tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
                 }
@@ -329,61 +338,6 @@ impl InboxStore for SqliteStore {
     }
 }
 
-/// Lease check and status change in one statement; `done` keeps the last error of earlier
-/// attempts. Returns the event's app when this attempt still holds it.
-const FINISH_SQL: &str = "UPDATE webhook_events
-        SET status = ?1, last_error = COALESCE(?2, last_error), processed_at = ?3,
-            locked_until = NULL
-      WHERE id = ?4 AND status = 'processing' AND attempts = ?5
-     RETURNING app_id";
-
-/// Finishes one claimed event on `conn` (the algorithm in `crate::common`); the caller owns
-/// the transaction.
-async fn complete_one(
-    conn: &mut SqliteConnection,
-    event_id: Uuid,
-    attempt: u32,
-    result: &EventResult,
-    now: Timestamp,
-) -> StoreResult<Vec<PublishedEvent>> {
-    let (status, reason) = match result {
-        EventResult::Ignored(reason) => (EventStatus::Ignored, Some(reason.as_str())),
-        EventResult::Apply(_) => (EventStatus::Done, None),
-    };
-    let app: String = sqlx::query_scalar(FINISH_SQL)
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(ts(&now))
-        .bind(event_id.to_string())
-        .bind(i64::from(attempt))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .ok_or(StoreError::LeaseLost)?;
-    match result {
-        EventResult::Ignored(_) => Ok(Vec::new()),
-        EventResult::Apply(n) => {
-            let app = AppId(common::uuid_from_text("app_id", &app)?);
-            apply(conn, app, n, now).await
-        }
-    }
-}
-
-/// Completes every item in one transaction; any error rolls all of them back.
-async fn complete_all(
-    conn: &mut SqliteConnection,
-    items: &[Completion],
-    now: Timestamp,
-) -> StoreResult<Vec<Vec<PublishedEvent>>> {
-    let mut tx = begin_immediate(conn).await?;
-    let mut out = Vec::with_capacity(items.len());
-    for c in items {
-        out.push(complete_one(&mut tx, c.event_id, c.attempt, &c.result, now).await?);
-    }
-    tx.commit().await.map_err(map_err)?;
-    Ok(out)
-}
-
 /// Inserts `events` with multi-row statements — one round trip to the database thread per
 /// [`INSERT_CHUNK`] events, not per event (the round trip, not SQLite, is what an insert
 /// costs) — and reports each event's outcome.
@@ -575,259 +529,4 @@ async fn select_claimable(
         }
     }
     Ok(picked.into_iter().collect())
-}
-
-/// `CALL_COLS` of the alias `c`, named as in `calls`.
-static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| {
-    CALL_COLS
-        .split(',')
-        .map(|c| format!("c.{0} AS {0}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-});
-
-/// Applies a normalised event inside the transaction (the algorithm documented in
-/// `crate::common`), with as few statements as possible: the call, the CRM user of the
-/// targeted Dialpad user and the app's last sequence number come in one query.
-async fn apply(
-    conn: &mut SqliteConnection,
-    app: AppId,
-    n: &Normalized,
-    now: Timestamp,
-) -> StoreResult<Vec<PublishedEvent>> {
-    let app_s = app.0.to_string();
-    let key = call_key(n);
-    // `target_user(n, call)` = the event's user, else the stored call's: the COALESCE.
-    let event_user = target_user(n, None);
-    let sql = format!(
-        "SELECT a.last_event_seq AS app_seq, m.crm_user_id AS crm_user, {cols}
-           FROM apps a
-           LEFT JOIN calls c ON c.app_id = a.id AND c.dialpad_call_id = ?2
-           LEFT JOIN dialpad_user_mappings m
-                  ON m.app_id = a.id AND m.dialpad_user_id = COALESCE(?3, c.dialpad_user_id)
-          WHERE a.id = ?1",
-        cols = CALL_COLS_C.as_str()
-    );
-    let row = sqlx::query(&sql)
-        .bind(&app_s)
-        .bind(key.map(DialpadId::as_i64))
-        .bind(event_user.map(DialpadId::as_i64))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    let (app_seq, crm_user, call) = match &row {
-        Some(r) => {
-            let app_seq: i64 = r.try_get("app_seq").map_err(map_err)?;
-            let crm_user: Option<String> = r.try_get("crm_user").map_err(map_err)?;
-            let call_id: Option<String> = r.try_get("id").map_err(map_err)?;
-            let call = if call_id.is_some() {
-                Some(rows::call(r)?)
-            } else {
-                None
-            };
-            (Some(app_seq), crm_user, call)
-        }
-        None => (None, None, None),
-    };
-    let voicemail = match (&n.voicemail, key) {
-        (Some(_), Some(k)) => {
-            let sql = format!(
-                "SELECT {VOICEMAIL_COLS} FROM voicemails WHERE app_id = ?1 AND dialpad_call_id = ?2"
-            );
-            let row = sqlx::query(&sql)
-                .bind(&app_s)
-                .bind(k.as_i64())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            row.as_ref().map(rows::voicemail).transpose()?
-        }
-        _ => None,
-    };
-    let message = match n.message.as_ref().and_then(|m| m.dialpad_message_id) {
-        Some(mid) => {
-            let sql = format!(
-                "SELECT {MESSAGE_COLS} FROM messages WHERE app_id = ?1 AND dialpad_message_id = ?2"
-            );
-            let row = sqlx::query(&sql)
-                .bind(&app_s)
-                .bind(mid.as_i64())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            row.as_ref().map(rows::message).transpose()?
-        }
-        None => None,
-    };
-    let applied = apply_event(
-        app,
-        n,
-        Existing {
-            call,
-            voicemail,
-            message,
-            crm_user,
-        },
-        now,
-    );
-    if let Some(c) = &applied.call {
-        upsert_call(conn, c).await?;
-    }
-    if let Some(v) = &applied.voicemail {
-        upsert_voicemail(conn, v).await?;
-    }
-    if let Some(m) = &applied.message {
-        upsert_message(conn, m).await?;
-    }
-    if applied.outbox.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The single writer holds the database lock: nobody else moves the app's sequence.
-    let first = app_seq.ok_or(StoreError::NotFound)? + 1;
-    let last = first + applied.outbox.len() as i64 - 1;
-    sqlx::query("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
-        .bind(last)
-        .bind(&app_s)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    let now_us = ts(&now);
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) ",
-    );
-    q.push_values(applied.outbox.iter().enumerate(), |mut row, (i, m)| {
-        row.push_bind(app_s.clone())
-            .push_bind(first + i as i64)
-            .push_bind(m.event.clone())
-            .push_bind(common::json_to_text(&m.payload))
-            .push_bind(m.target_crm_user.clone())
-            .push_bind(now_us);
-    });
-    q.build().execute(&mut *conn).await.map_err(map_err)?;
-    Ok(applied
-        .outbox
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| PublishedEvent {
-            app_id: app,
-            seq: rows::count(first + i as i64),
-            event: m.event,
-            payload: m.payload,
-            target_crm_user: m.target_crm_user,
-            created_at: now,
-        })
-        .collect())
-}
-
-async fn upsert_call(conn: &mut SqliteConnection, c: &Call) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO calls (id, app_id, dialpad_call_id, direction, from_number, to_number, status,
-                           dialpad_user_id, target_type, target_id, started_at, answered_at,
-                           ended_at, duration_seconds, recording_url, is_voicemail,
-                           voicemail_audio_url, transcript, held, merge_log, last_event_ms,
-                           raw_payload, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24)
-         ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET
-            direction = excluded.direction, from_number = excluded.from_number,
-            to_number = excluded.to_number, status = excluded.status,
-            dialpad_user_id = excluded.dialpad_user_id, target_type = excluded.target_type,
-            target_id = excluded.target_id, started_at = excluded.started_at,
-            answered_at = excluded.answered_at, ended_at = excluded.ended_at,
-            duration_seconds = excluded.duration_seconds, recording_url = excluded.recording_url,
-            is_voicemail = excluded.is_voicemail,
-            voicemail_audio_url = excluded.voicemail_audio_url, transcript = excluded.transcript,
-            held = excluded.held, merge_log = excluded.merge_log,
-            last_event_ms = excluded.last_event_ms, raw_payload = excluded.raw_payload,
-            updated_at = excluded.updated_at",
-    )
-    .bind(c.id.to_string())
-    .bind(c.app_id.0.to_string())
-    .bind(c.dialpad_call_id.as_i64())
-    .bind(c.direction.map(Direction::as_str))
-    .bind(c.from_number.as_deref())
-    .bind(c.to_number.as_deref())
-    .bind(c.status.as_str())
-    .bind(c.dialpad_user_id.map(DialpadId::as_i64))
-    .bind(c.target_type.as_deref())
-    .bind(c.target_id.map(DialpadId::as_i64))
-    .bind(rows::opt_ts(c.started_at.as_ref()))
-    .bind(rows::opt_ts(c.answered_at.as_ref()))
-    .bind(rows::opt_ts(c.ended_at.as_ref()))
-    .bind(c.duration_seconds)
-    .bind(c.recording_url.as_deref())
-    .bind(i64::from(c.is_voicemail))
-    .bind(c.voicemail_audio_url.as_deref())
-    .bind(c.transcript.as_deref())
-    .bind(i64::from(c.held))
-    .bind(common::merge_log_to_json(&c.merge_log)?)
-    .bind(c.last_event_ms)
-    .bind(c.raw_payload.as_ref().map(common::json_to_text))
-    .bind(ts(&c.created_at))
-    .bind(ts(&c.updated_at))
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    Ok(())
-}
-
-async fn upsert_voicemail(conn: &mut SqliteConnection, v: &Voicemail) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO voicemails (id, app_id, dialpad_call_id, dialpad_user_id, from_number,
-                                to_number, recording_url, transcript, duration_seconds,
-                                created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (id) DO UPDATE SET
-            dialpad_call_id = excluded.dialpad_call_id, dialpad_user_id = excluded.dialpad_user_id,
-            from_number = excluded.from_number, to_number = excluded.to_number,
-            recording_url = excluded.recording_url, transcript = excluded.transcript,
-            duration_seconds = excluded.duration_seconds, updated_at = excluded.updated_at",
-    )
-    .bind(v.id.to_string())
-    .bind(v.app_id.0.to_string())
-    .bind(v.dialpad_call_id.map(DialpadId::as_i64))
-    .bind(v.dialpad_user_id.map(DialpadId::as_i64))
-    .bind(v.from_number.as_deref())
-    .bind(v.to_number.as_deref())
-    .bind(v.recording_url.as_deref())
-    .bind(v.transcript.as_deref())
-    .bind(v.duration_seconds)
-    .bind(ts(&v.created_at))
-    .bind(ts(&v.updated_at))
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    Ok(())
-}
-
-async fn upsert_message(conn: &mut SqliteConnection, m: &Message) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, app_id, dialpad_message_id, direction, from_number, to_number,
-                              to_numbers, text, dialpad_user_id, sent_at, message_status,
-                              created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET
-            direction = excluded.direction, from_number = excluded.from_number,
-            to_number = excluded.to_number, to_numbers = excluded.to_numbers,
-            text = excluded.text, dialpad_user_id = excluded.dialpad_user_id,
-            sent_at = excluded.sent_at, message_status = excluded.message_status,
-            updated_at = excluded.updated_at",
-    )
-    .bind(m.id.to_string())
-    .bind(m.app_id.0.to_string())
-    .bind(m.dialpad_message_id.as_i64())
-    .bind(m.direction.map(Direction::as_str))
-    .bind(m.from_number.as_deref())
-    .bind(m.to_number.as_deref())
-    .bind(common::to_numbers_to_json(&m.to_numbers)?)
-    .bind(m.text.as_deref())
-    .bind(m.dialpad_user_id.map(DialpadId::as_i64))
-    .bind(rows::opt_ts(m.sent_at.as_ref()))
-    .bind(m.message_status.as_deref())
-    .bind(ts(&m.created_at))
-    .bind(ts(&m.updated_at))
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    Ok(())
 }

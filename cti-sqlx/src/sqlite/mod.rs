@@ -26,6 +26,7 @@
 //! ```
 
 mod apps;
+mod complete;
 mod dialpad;
 mod inbox;
 mod records;
