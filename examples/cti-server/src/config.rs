@@ -332,12 +332,18 @@ impl ServerConfig {
                 .ok_or_else(|| err("WEBHOOK_BODY_LIMIT", format!("is not a size: {v:?}")))?,
         };
         let jwt_max_age: u64 = parse_num("JWT_MAX_AGE_SECONDS", 86_400)?;
+        // SQLite has one writer connection: a second ingest writer or processor only queues
+        // behind it, while one of each makes every transaction carry everything that piled up
+        // meanwhile (bigger group commits). PostgreSQL commits in parallel.
+        let sqlite = database_url.starts_with("sqlite:");
         let processor = ProcessorConfig {
             batch_size: parse_num("PROCESSOR_BATCH_SIZE", 50usize)?.max(1),
             poll_interval: Duration::from_millis(parse_num("PROCESSOR_POLL_MS", 1000u64)?.max(1)),
             max_attempts: parse_num("PROCESSOR_MAX_ATTEMPTS", 10u32)?.max(1),
+            workers: parse_num("PROCESSOR_WORKERS", if sqlite { 1 } else { 2 })?.max(1),
             ..ProcessorConfig::default()
         };
+        let ingest_writers: usize = parse_num("INGEST_WRITERS", if sqlite { 1 } else { 4 })?.max(1);
         let defaults = RateLimits::default();
         let rate_limits = RateLimits {
             webhook_per_min: parse_num("RATE_LIMIT_WEBHOOK_PER_MIN", defaults.webhook_per_min)?,
@@ -370,6 +376,7 @@ impl ServerConfig {
                 ..VerifyConfig::default()
             },
             processor,
+            ingest_writers,
             ..CtiConfig::default()
         };
         Ok(Self {
