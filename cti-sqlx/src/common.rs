@@ -1,44 +1,19 @@
 //! Helpers shared by both backends: error mapping, (de)serialisation of JSON columns and of
 //! enum / id columns, and the schema-version error.
 //!
-//! # The `inbox_complete` algorithm (both backends follow it exactly)
+//! # The `inbox_complete` algorithm (both backends)
 //!
-//! `inbox_complete(event_id, attempt, result, now)` runs in ONE write transaction
-//! (SQLite: on the single writer connection, `BEGIN IMMEDIATE`; PostgreSQL: row locks):
-//!
-//! 1. Load the inbox row (PostgreSQL: `SELECT … FOR UPDATE`). Unless it exists with
-//!    `status = 'processing'` and `attempts = attempt`, roll back and fail with
-//!    [`StoreError::LeaseLost`]. (An expired lease that nobody reclaimed yet is still ours.)
-//! 2. `EventResult::Ignored(reason)`: set `status = 'ignored'`, `last_error = reason`,
-//!    `processed_at = now`, `locked_until = NULL`; commit; return no messages.
-//! 3. `EventResult::Apply(n)`:
-//!    * `key = cti_core::normalize::apply::call_key(&n)`;
-//!    * load (PostgreSQL: lock with `FOR UPDATE`) the call by `(app_id, key)` when `key` is
-//!      `Some`, the voicemail by `(app_id, key)` when `n.voicemail.is_some()` and `key` is
-//!      `Some`, and the message by `(app_id, n.message.dialpad_message_id)` when present;
-//!    * `crm_user` = `crm_user_id` of the mapping of
-//!      `cti_core::store::target_user(&n, call.as_ref())` (none when that is `None`);
-//!    * `applied = cti_core::store::apply_event(app_id, &n, Existing { call, voicemail,
-//!      message, crm_user }, now)`;
-//!    * upsert `applied.call` by `(app_id, dialpad_call_id)` writing every column (the `id`
-//!      and `created_at` of an existing row are kept: `apply_event` already carries them);
-//!      upsert `applied.voicemail` by `id` (every column); upsert `applied.message` by
-//!      `(app_id, dialpad_message_id)` (every column);
-//!    * when `applied.outbox` is non-empty: `UPDATE apps SET last_event_seq = last_event_seq +
-//!      len RETURNING last_event_seq` (PostgreSQL: this row lock serialises the app's
-//!      publishers, so sequence numbers are gap-free and commit in order per app), then
-//!      insert the messages into `cti_events` with `seq = old + 1 ..= old + len` in order and
-//!      `created_at = now`;
-//!    * set the inbox row `status = 'done'`, `processed_at = now`, `locked_until = NULL`
-//!      (`last_error` is kept: it tells why earlier attempts failed, as `MemoryStore` does);
-//!    * commit, then return the [`PublishedEvent`](cti_core::store::PublishedEvent)s (the
-//!      caller publishes them only after the commit).
-//!
-//! Any error rolls the whole transaction back: records, outbox and inbox status change
-//! together or not at all. (SQLite folds step 1 and the final status change into one
-//! `UPDATE … WHERE status = 'processing' AND attempts = ? RETURNING app_id` at the start of
-//! the transaction, and reads the call, the mapping and `apps.last_event_seq` in one query:
-//! its single writer already holds the database lock.)
+//! `inbox_complete` is `inbox_complete_batch` of one item, and a batch is completed in ONE
+//! write transaction (SQLite: on the single writer connection, `BEGIN IMMEDIATE`; PostgreSQL:
+//! after per-app advisory locks taken in key order) with a constant number of statements — see
+//! `crate::batch` for the steps: lease check and status change of every item in one
+//! `UPDATE … RETURNING` (an item whose event is no longer `processing` with its `attempt` gets
+//! [`StoreError::LeaseLost`] and changes nothing), one read per record kind, the pure
+//! `cti_core::store::apply_event` of every item in order in memory, then multi-row upserts, the
+//! new `apps.last_event_seq` and the outbox rows. Any statement error rolls the whole
+//! transaction back — records, outbox and inbox status change together or not at all — and the
+//! batch is retried item by item. `done` keeps the `last_error` of earlier attempts (it tells
+//! why they failed, as `MemoryStore` does); `ignored` records its reason.
 
 // Each helper is used by at least one of the two backends, which are built in parallel.
 #![allow(dead_code)]

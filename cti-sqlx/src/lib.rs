@@ -2,6 +2,7 @@
 //! migrations, and [`PgBus`], a PostgreSQL `LISTEN/NOTIFY` event bus for running several
 //! instances on one database.
 
+mod batch;
 mod common;
 pub mod import;
 pub mod pg;

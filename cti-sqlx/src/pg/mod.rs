@@ -13,12 +13,13 @@
 //!   `FOR UPDATE SKIP LOCKED`; the per-call rules (no two events of one call under a lease, one
 //!   event per call per claim) are evaluated inside that serialised statement, so they hold with
 //!   any number of workers and instances.
-//! * [`InboxStore::inbox_complete`](cti_core::store::InboxStore::inbox_complete) takes a
-//!   transaction-scoped advisory lock per `(app, call)` and `(app, message)` before reading the
-//!   rows it merges into, so two workers applying events of one call serialise; the merge itself
-//!   is the pure [`cti_core::store::apply_event`].
-//! * Outbox sequence numbers come from `UPDATE apps SET last_event_seq = last_event_seq + n`: the
-//!   row lock is held until commit, so each app's numbers are gap-free and in commit order.
+//! * [`InboxStore::inbox_complete_batch`](cti_core::store::InboxStore::inbox_complete_batch)
+//!   (and `inbox_complete`, a batch of one) first takes a transaction-scoped advisory lock per app
+//!   of the batch, in key order: appliers of one app serialise, so the rows a batch reads cannot
+//!   change before it commits, batches never deadlock, and each app's outbox sequence numbers
+//!   (`apps.last_event_seq`, moved under that lock) are gap-free and in commit order. The merge
+//!   itself is the pure [`cti_core::store::apply_event`]; a batch costs a constant number of
+//!   statements (`crate::batch`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,6 +30,7 @@
 
 mod apps;
 mod bus;
+mod complete;
 mod dialpad;
 mod inbox;
 mod records;

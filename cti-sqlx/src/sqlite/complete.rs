@@ -1,32 +1,20 @@
 //! Set-based `inbox_complete` on SQLite: a claimed batch is finished with a constant number of
-//! statements, whatever its size.
+//! statements, whatever its size (the algorithm is in `crate::batch`).
 //!
 //! Every statement is a round trip to sqlx's database thread (a channel send and two thread
 //! wake-ups), and the single writer connection is held — ingest waits — for the whole
-//! transaction. So instead of the ~7 statements per event of the per-event algorithm in
-//! `crate::common`, a batch of N events costs:
-//!
-//! 1. one `UPDATE … FROM (VALUES …) RETURNING` — the lease check and the status change of every
-//!    item (an item it does not return lost its lease and is skipped);
-//! 2. one read each of the batch's calls, voicemails, messages, user mappings and
-//!    `apps.last_event_seq` (a join against a `VALUES` list);
-//! 3. [`apply_event`] for every item in input order, in memory — a later item sees the record
-//!    an earlier item of the batch produced, exactly as if they had been completed one by one;
-//! 4. one multi-row upsert each of the changed calls, voicemails and messages (final state per
-//!    record), one `UPDATE apps` per app that published, one multi-row outbox insert.
-//!
-//! The caller owns the transaction, so records, outbox and inbox statuses commit together.
+//! transaction, so statements per batch, not per event, is what keeps the writer free.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use cti_core::model::*;
-use cti_core::normalize::apply::call_key;
 use cti_core::store::*;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::rows::{self, CALL_COLS, MESSAGE_COLS, VOICEMAIL_COLS, ts};
+use crate::batch::{self, Item, Key, Loaded, Plan};
 use crate::common::{self, map_err};
 
 /// Rows per multi-row statement: the widest row (calls) has 24 parameters, and SQLite allows
@@ -45,35 +33,6 @@ static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"
 static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
 static MESSAGE_COLS_M: LazyLock<String> = LazyLock::new(|| qualified(MESSAGE_COLS, "m"));
 
-/// A record key: `(app, Dialpad id)`.
-type Key = (AppId, DialpadId);
-
-/// The rows a batch reads and writes, kept in memory while it is applied.
-#[derive(Default)]
-struct Working {
-    calls: HashMap<Key, Call>,
-    voicemails: HashMap<Key, Voicemail>,
-    messages: HashMap<Key, Message>,
-    /// `(app, Dialpad user)` → CRM user (`None`: no mapping).
-    crm_users: HashMap<Key, Option<String>>,
-    /// App → last assigned outbox sequence number.
-    seqs: HashMap<AppId, i64>,
-    /// Voicemails without a call id (written as they are).
-    keyless_voicemails: Vec<Voicemail>,
-    /// Records to write, in first-change order (each key once).
-    dirty_calls: Vec<Key>,
-    dirty_voicemails: Vec<Key>,
-    dirty_messages: Vec<Key>,
-    /// Apps whose sequence moved.
-    dirty_seqs: Vec<AppId>,
-}
-
-fn mark<K: PartialEq + Copy>(dirty: &mut Vec<K>, k: K) {
-    if !dirty.contains(&k) {
-        dirty.push(k);
-    }
-}
-
 /// Finishes `items` inside the caller's transaction. The outer result fails (and the caller
 /// must roll back) when a statement fails; otherwise each item's result is `Ok` with what it
 /// published, or [`StoreError::LeaseLost`] when this attempt no longer holds its event (such
@@ -87,98 +46,24 @@ pub(super) async fn complete_set(
         return Ok(Vec::new());
     }
     let held = finish(conn, items, now).await?;
-    // The items to apply, with their app.
-    let applying: Vec<(usize, AppId, &cti_core::normalize::Normalized)> = items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| match (&c.result, held.get(&c.event_id)) {
-            (EventResult::Apply(n), Some(app)) => Some((i, *app, n.as_ref())),
-            _ => None,
-        })
-        .collect();
-    let mut out: Vec<StoreResult<Vec<PublishedEvent>>> = items
-        .iter()
-        .map(|c| {
-            if held.contains_key(&c.event_id) {
-                Ok(Vec::new())
-            } else {
-                Err(StoreError::LeaseLost)
-            }
-        })
-        .collect();
+    let (mut out, applying) = batch::split(items, &held);
     if applying.is_empty() {
         return Ok(out);
     }
-
-    let mut w = load(conn, &applying).await?;
-    let mut outbox_rows: Vec<(AppId, i64, OutboxMessage)> = Vec::new();
-    for (i, app, n) in applying {
-        let key = call_key(n);
-        let call = key.and_then(|k| w.calls.get(&(app, k)).cloned());
-        let crm_user = match target_user(n, call.as_ref()) {
-            Some(user) => crm_user(conn, &mut w, app, user).await?,
-            None => None,
-        };
-        let voicemail = match (&n.voicemail, key) {
-            (Some(_), Some(k)) => w.voicemails.get(&(app, k)).cloned(),
-            _ => None,
-        };
-        let message_key = n
-            .message
-            .as_ref()
-            .and_then(|m| m.dialpad_message_id)
-            .map(|m| (app, m));
-        let message = message_key.and_then(|k| w.messages.get(&k).cloned());
-        let applied = apply_event(
-            app,
-            n,
-            Existing {
-                call,
-                voicemail,
-                message,
-                crm_user,
-            },
-            now,
-        );
-        if let Some(c) = applied.call {
-            let k = (app, c.dialpad_call_id);
-            mark(&mut w.dirty_calls, k);
-            w.calls.insert(k, c);
-        }
-        if let Some(v) = applied.voicemail {
-            if let Some(k) = key {
-                mark(&mut w.dirty_voicemails, (app, k));
-                w.voicemails.insert((app, k), v);
-            } else {
-                // No call id: nothing else in the batch can refer to it.
-                w.keyless_voicemails.push(v);
+    let mut loaded = load(conn, &applying).await?;
+    let plan = loop {
+        match batch::plan(&applying, &loaded, now)? {
+            Ok(plan) => break plan,
+            Err(user) => {
+                let crm = read_users(conn, &[user]).await?.remove(&user);
+                loaded.crm_users.insert(user, crm.flatten());
             }
         }
-        if let Some(m) = applied.message {
-            let k = (app, m.dialpad_message_id);
-            mark(&mut w.dirty_messages, k);
-            w.messages.insert(k, m);
-        }
-        if !applied.outbox.is_empty() {
-            let seq = w.seqs.get_mut(&app).ok_or(StoreError::NotFound)?;
-            mark(&mut w.dirty_seqs, app);
-            let mut published = Vec::with_capacity(applied.outbox.len());
-            for m in applied.outbox {
-                *seq += 1;
-                published.push(PublishedEvent {
-                    app_id: app,
-                    seq: rows::count(*seq),
-                    event: m.event.clone(),
-                    payload: m.payload.clone(),
-                    target_crm_user: m.target_crm_user.clone(),
-                    created_at: now,
-                });
-                outbox_rows.push((app, *seq, m));
-            }
-            out[i] = Ok(published);
-        }
+    };
+    write(conn, &plan, now).await?;
+    for (index, published) in plan.published {
+        out[index] = Ok(published);
     }
-    write(conn, &w, &outbox_rows, now).await?;
     Ok(out)
 }
 
@@ -226,114 +111,99 @@ async fn finish(
 }
 
 /// Step 2: reads every record the batch may touch.
-async fn load(
-    conn: &mut SqliteConnection,
-    applying: &[(usize, AppId, &cti_core::normalize::Normalized)],
-) -> StoreResult<Working> {
-    let mut w = Working::default();
-    let mut call_keys: Vec<Key> = Vec::new();
-    let mut voicemail_keys: Vec<Key> = Vec::new();
-    let mut message_keys: Vec<Key> = Vec::new();
-    let mut apps: Vec<AppId> = Vec::new();
-    for (_, app, n) in applying {
-        if let Some(k) = call_key(n) {
-            mark(&mut call_keys, (*app, k));
-            if n.voicemail.is_some() {
-                mark(&mut voicemail_keys, (*app, k));
-            }
-        }
-        if let Some(m) = n.message.as_ref().and_then(|m| m.dialpad_message_id) {
-            mark(&mut message_keys, (*app, m));
-        }
-        mark(&mut apps, *app);
-    }
+async fn load(conn: &mut SqliteConnection, items: &[Item<'_>]) -> StoreResult<Loaded> {
+    let keys = batch::keys(items);
+    let mut loaded = Loaded::default();
     for r in by_keys(
         conn,
         "calls",
         "c",
         &CALL_COLS_C,
         "dialpad_call_id",
-        &call_keys,
+        &keys.calls,
     )
     .await?
     {
         let c = rows::call(&r)?;
-        w.calls.insert((c.app_id, c.dialpad_call_id), c);
+        loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
     }
-    for r in by_keys(
+    let vms = by_keys(
         conn,
         "voicemails",
         "v",
         &VOICEMAIL_COLS_V,
         "dialpad_call_id",
-        &voicemail_keys,
+        &keys.voicemails,
     )
-    .await?
-    {
+    .await?;
+    for r in vms {
         let v = rows::voicemail(&r)?;
         if let Some(k) = v.dialpad_call_id {
-            w.voicemails.insert((v.app_id, k), v);
+            loaded.voicemails.insert((v.app_id, k), v);
         }
     }
-    for r in by_keys(
+    let msgs = by_keys(
         conn,
         "messages",
         "m",
         &MESSAGE_COLS_M,
         "dialpad_message_id",
-        &message_keys,
+        &keys.messages,
     )
-    .await?
-    {
+    .await?;
+    for r in msgs {
         let m = rows::message(&r)?;
-        w.messages.insert((m.app_id, m.dialpad_message_id), m);
+        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
     }
-    // The CRM users of every Dialpad user the events or their stored calls name; a user that
-    // only appears once the batch changed a call is looked up on demand (`crm_user`).
-    let mut users: Vec<Key> = Vec::new();
-    for (_, app, n) in applying {
-        let call = call_key(n).and_then(|k| w.calls.get(&(*app, k)));
-        if let Some(u) = target_user(n, call) {
-            mark(&mut users, (*app, u));
-        }
-    }
-    for r in by_keys(
-        conn,
-        "dialpad_user_mappings",
-        "m",
-        "m.app_id AS app_id, m.dialpad_user_id AS dialpad_user_id, m.crm_user_id AS crm_user_id",
-        "dialpad_user_id",
-        &users,
-    )
-    .await?
-    {
-        let app: String = r.try_get("app_id").map_err(map_err)?;
-        let user = common::dialpad_id(
-            "dialpad_user_id",
-            r.try_get("dialpad_user_id").map_err(map_err)?,
-        )?;
-        let crm: String = r.try_get("crm_user_id").map_err(map_err)?;
-        w.crm_users.insert(
-            (AppId(common::uuid_from_text("app_id", &app)?), user),
-            Some(crm),
-        );
-    }
+    let users = batch::user_keys(items, &loaded);
+    let mut found = read_users(conn, &users).await?;
     for k in users {
-        w.crm_users.entry(k).or_insert(None);
+        loaded.crm_users.insert(k, found.remove(&k).flatten());
     }
     let mut q = QueryBuilder::<Sqlite>::new("SELECT id, last_event_seq FROM apps WHERE id IN (");
     let mut ids = q.separated(", ");
-    for a in &apps {
+    for a in &keys.apps {
         ids.push_bind(a.0.to_string());
     }
     q.push(")");
     for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
         let id: String = r.try_get("id").map_err(map_err)?;
         let seq: i64 = r.try_get("last_event_seq").map_err(map_err)?;
-        w.seqs
+        loaded
+            .seqs
             .insert(AppId(common::uuid_from_text("id", &id)?), seq);
     }
-    Ok(w)
+    Ok(loaded)
+}
+
+/// The CRM users mapped to `users` (keys without a mapping are absent).
+async fn read_users(
+    conn: &mut SqliteConnection,
+    users: &[Key],
+) -> StoreResult<HashMap<Key, Option<String>>> {
+    let mut out = HashMap::new();
+    let rows = by_keys(
+        conn,
+        "dialpad_user_mappings",
+        "m",
+        "m.app_id AS app_id, m.dialpad_user_id AS dialpad_user_id, m.crm_user_id AS crm_user_id",
+        "dialpad_user_id",
+        users,
+    )
+    .await?;
+    for r in rows {
+        let app: String = r.try_get("app_id").map_err(map_err)?;
+        let user = common::dialpad_id(
+            "dialpad_user_id",
+            r.try_get("dialpad_user_id").map_err(map_err)?,
+        )?;
+        let crm: String = r.try_get("crm_user_id").map_err(map_err)?;
+        out.insert(
+            (AppId(common::uuid_from_text("app_id", &app)?), user),
+            Some(crm),
+        );
+    }
+    Ok(out)
 }
 
 /// Rows of `table` whose `(app_id, key_col)` is one of `keys`.
@@ -359,67 +229,22 @@ async fn by_keys(
     Ok(out)
 }
 
-/// The CRM user mapped to `(app, user)`, from the batch's reads or, if the batch did not read
-/// it, from the database.
-async fn crm_user(
-    conn: &mut SqliteConnection,
-    w: &mut Working,
-    app: AppId,
-    user: DialpadId,
-) -> StoreResult<Option<String>> {
-    if let Some(c) = w.crm_users.get(&(app, user)) {
-        return Ok(c.clone());
-    }
-    let crm: Option<String> = sqlx::query_scalar(
-        "SELECT crm_user_id FROM dialpad_user_mappings WHERE app_id = ?1 AND dialpad_user_id = ?2",
-    )
-    .bind(app.0.to_string())
-    .bind(user.as_i64())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    w.crm_users.insert((app, user), crm.clone());
-    Ok(crm)
-}
-
 /// Step 4: writes the changed records, the new sequence heads and the outbox.
-async fn write(
-    conn: &mut SqliteConnection,
-    w: &Working,
-    outbox: &[(AppId, i64, OutboxMessage)],
-    now: Timestamp,
-) -> StoreResult<()> {
-    let calls: Vec<&Call> = w
-        .dirty_calls
-        .iter()
-        .filter_map(|k| w.calls.get(k))
-        .collect();
-    upsert_calls(conn, &calls).await?;
-    let voicemails: Vec<&Voicemail> = w
-        .dirty_voicemails
-        .iter()
-        .filter_map(|k| w.voicemails.get(k))
-        .chain(&w.keyless_voicemails)
-        .collect();
-    upsert_voicemails(conn, &voicemails).await?;
-    let messages: Vec<&Message> = w
-        .dirty_messages
-        .iter()
-        .filter_map(|k| w.messages.get(k))
-        .collect();
-    upsert_messages(conn, &messages).await?;
+async fn write(conn: &mut SqliteConnection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
+    upsert_calls(conn, &plan.calls).await?;
+    upsert_voicemails(conn, &plan.voicemails).await?;
+    upsert_messages(conn, &plan.messages).await?;
     // The single writer holds the database lock: nobody else moves the apps' sequences.
-    for app in &w.dirty_seqs {
-        let seq = w.seqs.get(app).copied().ok_or(StoreError::NotFound)?;
+    for (app, seq) in &plan.seqs {
         sqlx::query("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
-            .bind(seq)
+            .bind(*seq)
             .bind(app.0.to_string())
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
     }
     let now_us = ts(&now);
-    for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
+    for chunk in plan.outbox.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) ",
         );
@@ -436,7 +261,7 @@ async fn write(
     Ok(())
 }
 
-async fn upsert_calls(conn: &mut SqliteConnection, calls: &[&Call]) -> StoreResult<()> {
+async fn upsert_calls(conn: &mut SqliteConnection, calls: &[Call]) -> StoreResult<()> {
     for chunk in calls.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO calls ({CALL_COLS}) "));
         let mut failed = None;
@@ -495,7 +320,7 @@ async fn upsert_calls(conn: &mut SqliteConnection, calls: &[&Call]) -> StoreResu
     Ok(())
 }
 
-async fn upsert_voicemails(conn: &mut SqliteConnection, vms: &[&Voicemail]) -> StoreResult<()> {
+async fn upsert_voicemails(conn: &mut SqliteConnection, vms: &[Voicemail]) -> StoreResult<()> {
     for chunk in vms.chunks(ROWS_PER_STATEMENT) {
         let mut q =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO voicemails ({VOICEMAIL_COLS}) "));
@@ -524,7 +349,7 @@ async fn upsert_voicemails(conn: &mut SqliteConnection, vms: &[&Voicemail]) -> S
     Ok(())
 }
 
-async fn upsert_messages(conn: &mut SqliteConnection, msgs: &[&Message]) -> StoreResult<()> {
+async fn upsert_messages(conn: &mut SqliteConnection, msgs: &[Message]) -> StoreResult<()> {
     for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO messages ({MESSAGE_COLS}) "));
         let mut failed = None;

@@ -1,0 +1,412 @@
+//! Set-based `inbox_complete` on PostgreSQL: a claimed batch is finished in one transaction with
+//! a constant number of statements, whatever its size (the algorithm is in `crate::batch`).
+//!
+//! The transaction first takes an advisory lock per app of the batch, in key order
+//! ([`APP_LOCKS_SQL`]). Every transaction that applies events does so, which
+//!
+//! * serialises the appliers of one app, so the rows this transaction reads (calls, voicemails,
+//!   messages, mappings, `apps.last_event_seq`) cannot change before it commits — later
+//!   statements of a READ COMMITTED transaction see everything committed before the lock was
+//!   granted — and the app's outbox sequence numbers are gap-free and commit in order;
+//! * rules out deadlocks between batches (locks are taken in one global order, and nothing
+//!   else locks these rows in another order).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use chrono::SubsecRound;
+use cti_core::model::*;
+use cti_core::store::*;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::PgStore;
+use super::rows::*;
+use crate::batch::{self, Item, Key, Loaded, Plan};
+use crate::common;
+
+/// Transaction-scoped advisory locks on the apps of the given events, in key order.
+const APP_LOCKS_SQL: &str = "SELECT count(pg_advisory_xact_lock(l.k)) FROM (
+        SELECT DISTINCT hashtextextended('cti-app:' || app_id::text, 0) AS k
+        FROM webhook_events WHERE id = ANY($1) ORDER BY 1
+    ) l";
+
+/// Lease check and status change of every item (`done` keeps the last error of earlier
+/// attempts, `ignored` records its reason); returns the events this attempt still held.
+const FINISH_SQL: &str = "UPDATE webhook_events w
+    SET status = v.status, last_error = COALESCE(v.reason, w.last_error), processed_at = $5,
+        locked_until = NULL
+    FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[]) AS v(id, attempts, status, reason)
+    WHERE w.id = v.id AND w.status = 'processing' AND w.attempts = v.attempts
+    RETURNING w.id, w.app_id";
+
+/// Rows per multi-row statement (the widest row, calls, has 24 parameters; PostgreSQL allows
+/// 65,535 per statement).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+fn qualified(cols: &str, alias: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
+static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
+static MESSAGE_COLS_M: LazyLock<String> = LazyLock::new(|| qualified(MESSAGE_COLS, "m"));
+
+impl PgStore {
+    /// Completes `items` in one transaction. The outer result fails (nothing was written) when
+    /// a statement fails; otherwise each item's result is `Ok` with what it published, or
+    /// [`StoreError::LeaseLost`] when this attempt no longer holds its event (such an item
+    /// changes nothing).
+    pub(super) async fn complete_set(
+        &self,
+        items: &[Completion],
+        now: Timestamp,
+    ) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // PostgreSQL keeps microseconds: publish exactly the times it stores.
+        let now = now.round_subsecs(6);
+        let mut tx = self.pool.begin().await.map_err(pg_err)?;
+        let applying_ids: Vec<Uuid> = items
+            .iter()
+            .filter(|c| matches!(c.result, EventResult::Apply(_)))
+            .map(|c| c.event_id)
+            .collect();
+        if !applying_ids.is_empty() {
+            sqlx::query(APP_LOCKS_SQL)
+                .bind(&applying_ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_err)?;
+        }
+        let held = finish(&mut tx, items, now).await?;
+        let (mut out, applying) = batch::split(items, &held);
+        if !applying.is_empty() {
+            let mut loaded = load(&mut tx, &applying).await?;
+            let plan = loop {
+                match batch::plan(&applying, &loaded, now)? {
+                    Ok(plan) => break plan,
+                    Err(user) => {
+                        let crm = read_users(&mut tx, &[user]).await?.remove(&user);
+                        loaded.crm_users.insert(user, crm);
+                    }
+                }
+            };
+            write(&mut tx, &plan, now).await?;
+            for (index, published) in plan.published {
+                out[index] = Ok(published);
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(out)
+    }
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    items: &[Completion],
+    now: Timestamp,
+) -> StoreResult<HashMap<Uuid, AppId>> {
+    let mut ids = Vec::with_capacity(items.len());
+    let mut attempts = Vec::with_capacity(items.len());
+    let mut statuses = Vec::with_capacity(items.len());
+    let mut reasons: Vec<Option<String>> = Vec::with_capacity(items.len());
+    for c in items {
+        ids.push(c.event_id);
+        // An attempt beyond i32 cannot match a stored row: the item reports LeaseLost.
+        attempts.push(i32::try_from(c.attempt).unwrap_or(-1));
+        match &c.result {
+            EventResult::Apply(_) => {
+                statuses.push(EventStatus::Done.as_str());
+                reasons.push(None);
+            }
+            EventResult::Ignored(r) => {
+                statuses.push(EventStatus::Ignored.as_str());
+                reasons.push(Some(r.clone()));
+            }
+        }
+    }
+    let rows = sqlx::query(FINISH_SQL)
+        .bind(ids)
+        .bind(attempts)
+        .bind(statuses)
+        .bind(reasons)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    rows.iter()
+        .map(|r| Ok((col::<Uuid>(r, "id")?, AppId(col(r, "app_id")?))))
+        .collect()
+}
+
+/// Rows of `table` (alias `t`) whose `(app_id, key_col)` is one of `keys`.
+async fn by_keys(
+    conn: &mut PgConnection,
+    table_alias: &str,
+    cols: &str,
+    key_col: &str,
+    keys: &[Key],
+) -> StoreResult<Vec<PgRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let alias = table_alias.rsplit(' ').next().unwrap_or(table_alias);
+    let apps: Vec<Uuid> = keys.iter().map(|(a, _)| a.0).collect();
+    let ids: Vec<i64> = keys.iter().map(|(_, id)| id.as_i64()).collect();
+    let sql = format!(
+        "SELECT {cols} FROM {table_alias}
+         JOIN UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
+           ON {alias}.app_id = k.app_id AND {alias}.{key_col} = k.id"
+    );
+    sqlx::query(&sql)
+        .bind(apps)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)
+}
+
+async fn load(conn: &mut PgConnection, items: &[Item<'_>]) -> StoreResult<Loaded> {
+    let keys = batch::keys(items);
+    let mut loaded = Loaded::default();
+    for r in by_keys(
+        conn,
+        "calls c",
+        &CALL_COLS_C,
+        "dialpad_call_id",
+        &keys.calls,
+    )
+    .await?
+    {
+        let c = call_from_row(&r)?;
+        loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
+    }
+    let vms = by_keys(
+        conn,
+        "voicemails v",
+        &VOICEMAIL_COLS_V,
+        "dialpad_call_id",
+        &keys.voicemails,
+    )
+    .await?;
+    for r in vms {
+        let v = voicemail_from_row(&r)?;
+        if let Some(k) = v.dialpad_call_id {
+            loaded.voicemails.insert((v.app_id, k), v);
+        }
+    }
+    let msgs = by_keys(
+        conn,
+        "messages m",
+        &MESSAGE_COLS_M,
+        "dialpad_message_id",
+        &keys.messages,
+    )
+    .await?;
+    for r in msgs {
+        let m = message_from_row(&r)?;
+        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
+    }
+    let users = batch::user_keys(items, &loaded);
+    let mut found = read_users(conn, &users).await?;
+    for k in users {
+        loaded.crm_users.insert(k, found.remove(&k));
+    }
+    let apps: Vec<Uuid> = keys.apps.iter().map(|a| a.0).collect();
+    let rows = sqlx::query("SELECT id, last_event_seq FROM apps WHERE id = ANY($1)")
+        .bind(apps)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    for r in &rows {
+        loaded
+            .seqs
+            .insert(AppId(col(r, "id")?), col(r, "last_event_seq")?);
+    }
+    Ok(loaded)
+}
+
+/// The CRM users mapped to `users` (keys without a mapping are absent).
+async fn read_users(conn: &mut PgConnection, users: &[Key]) -> StoreResult<HashMap<Key, String>> {
+    let rows = by_keys(
+        conn,
+        "dialpad_user_mappings m",
+        "m.app_id, m.dialpad_user_id, m.crm_user_id",
+        "dialpad_user_id",
+        users,
+    )
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let user = common::dialpad_id("dialpad_user_id", col(r, "dialpad_user_id")?)?;
+        out.insert((AppId(col(r, "app_id")?), user), col(r, "crm_user_id")?);
+    }
+    Ok(out)
+}
+
+async fn write(conn: &mut PgConnection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
+    upsert_calls(conn, &plan.calls).await?;
+    upsert_voicemails(conn, &plan.voicemails).await?;
+    upsert_messages(conn, &plan.messages).await?;
+    if !plan.seqs.is_empty() {
+        let apps: Vec<Uuid> = plan.seqs.iter().map(|(a, _)| a.0).collect();
+        let seqs: Vec<i64> = plan.seqs.iter().map(|(_, s)| *s).collect();
+        sqlx::query(
+            "UPDATE apps a SET last_event_seq = v.seq
+             FROM UNNEST($1::uuid[], $2::int8[]) AS v(id, seq) WHERE a.id = v.id",
+        )
+        .bind(apps)
+        .bind(seqs)
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    }
+    if !plan.outbox.is_empty() {
+        let mut apps = Vec::with_capacity(plan.outbox.len());
+        let mut seqs = Vec::with_capacity(plan.outbox.len());
+        let mut events = Vec::with_capacity(plan.outbox.len());
+        let mut payloads = Vec::with_capacity(plan.outbox.len());
+        let mut targets = Vec::with_capacity(plan.outbox.len());
+        for (app, seq, m) in &plan.outbox {
+            apps.push(app.0);
+            seqs.push(*seq);
+            events.push(m.event.as_str());
+            payloads.push(&m.payload);
+            targets.push(m.target_crm_user.as_deref());
+        }
+        sqlx::query(
+            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
+             SELECT o.app_id, o.seq, o.event, o.payload, o.target, $6
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::jsonb[], $5::text[])
+                  AS o(app_id, seq, event, payload, target)",
+        )
+        .bind(apps)
+        .bind(seqs)
+        .bind(events)
+        .bind(payloads)
+        .bind(targets)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()> {
+    for chunk in calls.chunks(ROWS_PER_STATEMENT / 24) {
+        let logs = chunk
+            .iter()
+            .map(|c| common::merge_log_to_value(&c.merge_log))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO calls ({CALL_COLS}) "));
+        q.push_values(chunk.iter().zip(logs), |mut row, (c, log)| {
+            row.push_bind(c.id)
+                .push_bind(c.app_id.0)
+                .push_bind(c.dialpad_call_id.as_i64())
+                .push_bind(c.direction.map(Direction::as_str))
+                .push_bind(c.from_number.as_deref())
+                .push_bind(c.to_number.as_deref())
+                .push_bind(c.status.as_str())
+                .push_bind(c.dialpad_user_id.map(DialpadId::as_i64))
+                .push_bind(c.target_type.as_deref())
+                .push_bind(c.target_id.map(DialpadId::as_i64))
+                .push_bind(c.started_at)
+                .push_bind(c.answered_at)
+                .push_bind(c.ended_at)
+                .push_bind(c.duration_seconds)
+                .push_bind(c.recording_url.as_deref())
+                .push_bind(c.is_voicemail)
+                .push_bind(c.voicemail_audio_url.as_deref())
+                .push_bind(c.transcript.as_deref())
+                .push_bind(c.held)
+                .push_bind(log)
+                .push_bind(c.last_event_ms)
+                .push_bind(c.raw_payload.as_ref())
+                .push_bind(c.created_at)
+                .push_bind(c.updated_at);
+        });
+        q.push(
+            " ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
+             from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
+             status = EXCLUDED.status, dialpad_user_id = EXCLUDED.dialpad_user_id, \
+             target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
+             started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
+             ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
+             recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
+             voicemail_audio_url = EXCLUDED.voicemail_audio_url, transcript = EXCLUDED.transcript, \
+             held = EXCLUDED.held, merge_log = EXCLUDED.merge_log, \
+             last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload, \
+             updated_at = EXCLUDED.updated_at",
+        );
+        q.build().execute(&mut *conn).await.map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn upsert_voicemails(conn: &mut PgConnection, vms: &[Voicemail]) -> StoreResult<()> {
+    for chunk in vms.chunks(ROWS_PER_STATEMENT / 11) {
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("INSERT INTO voicemails ({VOICEMAIL_COLS}) "));
+        q.push_values(chunk, |mut row, v| {
+            row.push_bind(v.id)
+                .push_bind(v.app_id.0)
+                .push_bind(v.dialpad_call_id.map(DialpadId::as_i64))
+                .push_bind(v.dialpad_user_id.map(DialpadId::as_i64))
+                .push_bind(v.from_number.as_deref())
+                .push_bind(v.to_number.as_deref())
+                .push_bind(v.recording_url.as_deref())
+                .push_bind(v.transcript.as_deref())
+                .push_bind(v.duration_seconds)
+                .push_bind(v.created_at)
+                .push_bind(v.updated_at);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET dialpad_call_id = EXCLUDED.dialpad_call_id, \
+             dialpad_user_id = EXCLUDED.dialpad_user_id, from_number = EXCLUDED.from_number, \
+             to_number = EXCLUDED.to_number, recording_url = EXCLUDED.recording_url, \
+             transcript = EXCLUDED.transcript, duration_seconds = EXCLUDED.duration_seconds, \
+             updated_at = EXCLUDED.updated_at",
+        );
+        q.build().execute(&mut *conn).await.map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn upsert_messages(conn: &mut PgConnection, msgs: &[Message]) -> StoreResult<()> {
+    for chunk in msgs.chunks(ROWS_PER_STATEMENT / 13) {
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("INSERT INTO messages ({MESSAGE_COLS}) "));
+        q.push_values(chunk, |mut row, m| {
+            row.push_bind(m.id)
+                .push_bind(m.app_id.0)
+                .push_bind(m.dialpad_message_id.as_i64())
+                .push_bind(m.direction.map(Direction::as_str))
+                .push_bind(m.from_number.as_deref())
+                .push_bind(m.to_number.as_deref())
+                .push_bind(serde_json::Value::from(m.to_numbers.clone()))
+                .push_bind(m.text.as_deref())
+                .push_bind(m.dialpad_user_id.map(DialpadId::as_i64))
+                .push_bind(m.sent_at)
+                .push_bind(m.message_status.as_deref())
+                .push_bind(m.created_at)
+                .push_bind(m.updated_at);
+        });
+        q.push(
+            " ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET \
+             direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
+             to_number = EXCLUDED.to_number, to_numbers = EXCLUDED.to_numbers, \
+             text = EXCLUDED.text, dialpad_user_id = EXCLUDED.dialpad_user_id, \
+             sent_at = EXCLUDED.sent_at, message_status = EXCLUDED.message_status, \
+             updated_at = EXCLUDED.updated_at",
+        );
+        q.build().execute(&mut *conn).await.map_err(pg_err)?;
+    }
+    Ok(())
+}
