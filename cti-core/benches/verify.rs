@@ -11,6 +11,10 @@ use cti_core::keys::{KeyHasher, generate_key};
 use cti_core::normalize::normalize;
 use cti_core::verify::{WebhookVerifier, sign_jwt_hs256};
 
+/// The allocator of the reference server (`cti-server`), so the figures are what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONNECTED: &str =
     include_str!("../../fixtures/dialpad/events/call_inbound_03_connected.json");
 const SECRET: &[u8] = b"bench-webhook-secret-0123456789abcdef";

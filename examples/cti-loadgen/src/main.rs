@@ -10,6 +10,10 @@ use cti_loadgen::load::Rate;
 use cti_loadgen::payload::{AuthPath, Mix};
 use cti_loadgen::{Target, api, control, webhook, ws};
 
+/// The same allocator as `cti-server`, so the client costs as little CPU as it can.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line.
 #[derive(Parser, Debug)]
 #[command(name = "cti-loadgen", version, about = "Load generator for cti-server")]

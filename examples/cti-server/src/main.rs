@@ -7,6 +7,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the request path allocates many small JSON
+/// values (see docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 mod cli;
