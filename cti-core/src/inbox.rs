@@ -958,7 +958,7 @@ impl Cti {
     /// processor ([`Cti::start`]) calls this in a loop; tools and tests may call it directly.
     ///
     /// The claimed events are normalized and then finished together with
-    /// [`InboxStore::inbox_complete_batch`](crate::store::InboxStore::inbox_complete_batch)
+    /// [`InboxStore::inbox_complete_batch`]
     /// (one transaction per batch on the SQL stores); the bus is told once per app about the
     /// last sequence number the batch published.
     pub async fn process_once(&self) -> Result<usize, StoreError> {
