@@ -257,3 +257,29 @@ pub(crate) fn split<'a>(
         .collect();
     (out, applying)
 }
+
+/// The result of a batch transaction, or — if it failed and rolled back — the items completed
+/// one by one, so each gets exactly the result `inbox_complete` gives it.
+pub(crate) async fn or_each<S: InboxStore + ?Sized>(
+    store: &S,
+    items: Vec<Completion>,
+    now: Timestamp,
+    batched: StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>>,
+) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+    match batched {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
+            complete_each(store, items, now).await
+        }
+    }
+}
+
+/// `cols` (a comma-separated column list) as `alias.col AS col`, so a join returns the columns
+/// under their table names.
+pub(crate) fn qualified(cols: &str, alias: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{alias}.{0} AS {0}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

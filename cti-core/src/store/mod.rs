@@ -213,14 +213,7 @@ pub trait InboxStore: Send + Sync {
         items: Vec<Completion>,
         now: Timestamp,
     ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
-        let mut out = Vec::with_capacity(items.len());
-        for c in items {
-            out.push(
-                self.inbox_complete(c.event_id, c.attempt, c.result, now)
-                    .await,
-            );
-        }
-        out
+        complete_each(self, items, now).await
     }
 
     /// Records a failed attempt: `failed` with `next_attempt_at = retry_at`, or `dead` when
@@ -425,6 +418,24 @@ pub trait Store:
     async fn ping(&self) -> StoreResult<()>;
     /// Short backend name for logs and metrics (`memory`, `sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+}
+
+/// Completes `items` one after another with [`InboxStore::inbox_complete`]: the default
+/// [`InboxStore::inbox_complete_batch`], and the fallback of stores that batch.
+pub async fn complete_each<S: InboxStore + ?Sized>(
+    store: &S,
+    items: Vec<Completion>,
+    now: Timestamp,
+) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+    let mut out = Vec::with_capacity(items.len());
+    for c in items {
+        out.push(
+            store
+                .inbox_complete(c.event_id, c.attempt, c.result, now)
+                .await,
+        );
+    }
+    out
 }
 
 /// One item of [`InboxStore::inbox_complete_batch`]: the arguments of

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::*;
-use crate::batch::{self, Item, Key, Loaded, Plan};
+use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
 use crate::common;
 
 /// Transaction-scoped advisory locks on the apps of the given events, in key order.
@@ -44,13 +44,6 @@ const FINISH_SQL: &str = "UPDATE webhook_events w
 /// Rows per multi-row statement (the widest row, calls, has 24 parameters; PostgreSQL allows
 /// 65,535 per statement).
 const ROWS_PER_STATEMENT: usize = 1000;
-
-fn qualified(cols: &str, alias: &str) -> String {
-    cols.split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
 static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::*;
+use crate::batch;
 use crate::common;
 
 /// `TRUE` when the event (alias `e`) may be claimed at `$1`: pending/failed and due, or
@@ -308,22 +309,11 @@ impl InboxStore for PgStore {
         items: Vec<Completion>,
         now: Timestamp,
     ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
-        if items.len() > 1 {
-            match self.complete_set(&items, now).await {
-                Ok(out) => return out,
-                Err(e) => {
-                    tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
-                }
-            }
+        if items.len() <= 1 {
+            return complete_each(self, items, now).await;
         }
-        let mut out = Vec::with_capacity(items.len());
-        for c in items {
-            out.push(
-                self.inbox_complete(c.event_id, c.attempt, c.result, now)
-                    .await,
-            );
-        }
-        out
+        let batched = self.complete_set(&items, now).await;
+        batch::or_each(self, items, now, batched).await
     }
 
     async fn inbox_fail(

@@ -14,20 +14,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::rows::{self, CALL_COLS, MESSAGE_COLS, VOICEMAIL_COLS, ts};
-use crate::batch::{self, Item, Key, Loaded, Plan};
+use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
 use crate::common::{self, map_err};
 
 /// Rows per multi-row statement: the widest row (calls) has 24 parameters, and SQLite allows
 /// 32,766 per statement.
 const ROWS_PER_STATEMENT: usize = 500;
-
-/// `cols` as `alias.col AS col`, so a join returns the columns under their table names.
-fn qualified(cols: &str, alias: &str) -> String {
-    cols.split(',')
-        .map(|c| format!("{alias}.{0} AS {0}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
 static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::complete::complete_set;
 use super::rows::{self, EVENT_COLS, OUTBOX_COLS, int, ts};
 use super::{SqliteStore, begin_immediate};
+use crate::batch;
 use crate::common::{self, map_err};
 use sqlx::Connection;
 
@@ -134,30 +135,18 @@ impl InboxStore for SqliteStore {
         items: Vec<Completion>,
         now: Timestamp,
     ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
-        if items.len() > 1 {
+        if items.len() <= 1 {
+            return complete_each(self, items, now).await;
+        }
+        let batched = async {
             let mut w = self.write_conn().await;
-            let done = async {
-                let mut tx = begin_immediate(&mut w).await?;
-                let out = complete_set(&mut tx, &items, now).await?;
-                tx.commit().await.map_err(map_err)?;
-                Ok::<_, StoreError>(out)
-            }
-            .await;
-            match done {
-                Ok(out) => return out,
-                Err(e) => {
-                    tracing::debug!(error = %e, items = items.len(), "batch completion rolled back; completing one by one");
-                }
-            }
+            let mut tx = begin_immediate(&mut w).await?;
+            let out = complete_set(&mut tx, &items, now).await?;
+            tx.commit().await.map_err(map_err)?;
+            Ok(out)
         }
-        let mut out = Vec::with_capacity(items.len());
-        for c in items {
-            out.push(
-                self.inbox_complete(c.event_id, c.attempt, c.result, now)
-                    .await,
-            );
-        }
-        out
+        .await;
+        batch::or_each(self, items, now, batched).await
     }
 
     async fn inbox_fail(
