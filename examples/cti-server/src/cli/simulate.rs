@@ -6,55 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-macro_rules! fixtures {
-    ($($name:literal),* $(,)?) => {
-        /// The fixture event files, embedded at build time (name, JSON text).
-        pub const EVENT_FILES: &[(&str, &str)] = &[
-            $(($name, include_str!(concat!("../../../../fixtures/dialpad/events/", $name)))),*
-        ];
-    };
-}
-
-fixtures!(
-    "call_bigid_01_connected.json",
-    "call_bigid_02_hangup.json",
-    "call_hold_01_connected.json",
-    "call_hold_02_hold.json",
-    "call_hold_03_connected_resume.json",
-    "call_hold_04_hangup.json",
-    "call_inbound_01_preanswer.json",
-    "call_inbound_02_ringing.json",
-    "call_inbound_03_connected.json",
-    "call_inbound_04_hangup.json",
-    "call_inbound_05_recording.json",
-    "call_inbound_06_call_transcription.json",
-    "call_inbound_07_recap_summary.json",
-    "call_minimal_missing_fields_ringing.json",
-    "call_missed_01_ringing.json",
-    "call_missed_02_missed.json",
-    "call_missed_03_hangup.json",
-    "call_outbound_01_calling.json",
-    "call_outbound_02_connected.json",
-    "call_outbound_03_hangup.json",
-    "call_transfer_01_leg1_connected.json",
-    "call_transfer_02_leg1_hangup.json",
-    "call_transfer_03_leg2_ringing.json",
-    "call_transfer_04_leg2_connected.json",
-    "call_transfer_05_leg2_hangup.json",
-    "call_unknown_future_state.json",
-    "call_voicemail_01_ringing.json",
-    "call_voicemail_02_voicemail.json",
-    "call_voicemail_03_hangup.json",
-    "call_voicemail_04_voicemail_uploaded.json",
-    "sms_inbound.json",
-    "sms_inbound_no_content_scope.json",
-    "sms_inbound_unicode_mms.json",
-    "sms_outbound.json",
-    "sms_outbound_status_delivered.json",
-);
-
-/// The embedded `lifecycles.json`.
-pub const LIFECYCLES: &str = include_str!("../../../../fixtures/dialpad/events/lifecycles.json");
+include!("../../../../fixtures/dialpad/embedded.rs");
 
 /// `simulate` arguments.
 #[derive(Args, Debug)]
