@@ -66,7 +66,9 @@ use crate::verify::{VerifyConfig, VerifyError, WebhookVerifier, is_jwt_media_typ
 /// Processor tuning (`PROCESSOR_*` variables of the server).
 #[derive(Clone, Debug)]
 pub struct ProcessorConfig {
-    /// Events claimed per round (default 50).
+    /// Events claimed per round (default 50). While claims come back full (a backlog), the
+    /// background workers double their claim size each round, up to 8 × this, and return to
+    /// it once a claim is not full.
     pub batch_size: usize,
     /// Fallback poll interval when not woken (default 1 s).
     pub poll_interval: Duration,
@@ -962,11 +964,17 @@ impl Cti {
     /// (one transaction per batch on the SQL stores); the bus is told once per app about the
     /// last sequence number the batch published.
     pub async fn process_once(&self) -> Result<usize, StoreError> {
+        self.process_batch(self.inner.config.processor.batch_size)
+            .await
+    }
+
+    /// [`process_once`](Self::process_once) with a claim of up to `limit` events.
+    async fn process_batch(&self, limit: usize) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let cfg = &inner.config.processor;
         let claimed = inner
             .store
-            .inbox_claim(cfg.batch_size, cfg.lease, inner.clock.now())
+            .inbox_claim(limit.max(1), cfg.lease, inner.clock.now())
             .await?;
         let n = claimed.len();
         if n == 0 {
@@ -1147,16 +1155,34 @@ async fn insert_writer(
     }
 }
 
+/// How far a worker grows its claims while every claim comes back full (× `batch_size`).
+const BACKLOG_BATCH_FACTOR: usize = 8;
+
 async fn worker(cti: Cti, stop: Arc<AtomicBool>, mut ready: tokio::sync::watch::Receiver<bool>) {
     let poll = cti.inner.config.processor.poll_interval;
     if ready.wait_for(|r| *r).await.is_err() {
         return;
     }
+    let base = cti.inner.config.processor.batch_size.max(1);
+    let max = base.saturating_mul(BACKLOG_BATCH_FACTOR);
+    let mut limit = base;
     while !stop.load(Ordering::Acquire) {
-        match cti.process_once().await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "claiming events failed"),
+        match cti.process_batch(limit).await {
+            Ok(n) if n > 0 => {
+                // A full claim means a backlog: claim more per transaction until it drains
+                // (fewer commits and claim scans per event); back to the configured size after.
+                limit = if n >= limit {
+                    limit.saturating_mul(2).min(max)
+                } else {
+                    base
+                };
+                continue;
+            }
+            Ok(_) => limit = base,
+            Err(e) => {
+                limit = base;
+                tracing::warn!(error = %e, "claiming events failed");
+            }
         }
         if stop.load(Ordering::Acquire) {
             break;

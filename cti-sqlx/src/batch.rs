@@ -67,10 +67,10 @@ pub(crate) struct Plan {
     pub published: Vec<(usize, Vec<PublishedEvent>)>,
 }
 
-fn mark<K: PartialEq + Copy>(v: &mut Vec<K>, k: K) {
-    if !v.contains(&k) {
-        v.push(k);
-    }
+/// Drops repeated keys, keeping the first occurrence (linear, unlike `Vec::contains` per push).
+fn dedup<K: std::hash::Hash + Eq + Copy>(v: &mut Vec<K>) {
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    v.retain(|k| seen.insert(*k));
 }
 
 /// The records `items` may touch.
@@ -78,16 +78,20 @@ pub(crate) fn keys(items: &[Item<'_>]) -> Keys {
     let mut k = Keys::default();
     for it in items {
         if let Some(c) = call_key(it.n) {
-            mark(&mut k.calls, (it.app, c));
+            k.calls.push((it.app, c));
             if it.n.voicemail.is_some() {
-                mark(&mut k.voicemails, (it.app, c));
+                k.voicemails.push((it.app, c));
             }
         }
         if let Some(m) = it.n.message.as_ref().and_then(|m| m.dialpad_message_id) {
-            mark(&mut k.messages, (it.app, m));
+            k.messages.push((it.app, m));
         }
-        mark(&mut k.apps, it.app);
+        k.apps.push(it.app);
     }
+    dedup(&mut k.calls);
+    dedup(&mut k.voicemails);
+    dedup(&mut k.messages);
+    dedup(&mut k.apps);
     k
 }
 
@@ -97,9 +101,10 @@ pub(crate) fn user_keys(items: &[Item<'_>], loaded: &Loaded) -> Vec<Key> {
     for it in items {
         let call = call_key(it.n).and_then(|k| loaded.calls.get(&(it.app, k)));
         if let Some(u) = target_user(it.n, call) {
-            mark(&mut users, (it.app, u));
+            users.push((it.app, u));
         }
     }
+    dedup(&mut users);
     users
 }
 
@@ -166,14 +171,16 @@ pub(crate) fn plan(
         );
         if let Some(c) = applied.call {
             let k = (app, c.dialpad_call_id);
-            mark(&mut call_order, k);
-            calls.insert(k, c);
+            if calls.insert(k, c).is_none() {
+                call_order.push(k);
+            }
         }
         if let Some(v) = applied.voicemail {
             match key {
                 Some(k) => {
-                    mark(&mut vm_order, (app, k));
-                    voicemails.insert((app, k), v);
+                    if voicemails.insert((app, k), v).is_none() {
+                        vm_order.push((app, k));
+                    }
                 }
                 // No call id: nothing else in the batch can refer to it.
                 None => keyless_voicemails.push(v),
@@ -181,18 +188,19 @@ pub(crate) fn plan(
         }
         if let Some(m) = applied.message {
             let k = (app, m.dialpad_message_id);
-            mark(&mut msg_order, k);
-            messages.insert(k, m);
+            if messages.insert(k, m).is_none() {
+                msg_order.push(k);
+            }
         }
         if !applied.outbox.is_empty() {
             let seq = match seqs.get_mut(&app) {
                 Some(s) => s,
                 None => {
                     let head = *loaded.seqs.get(&app).ok_or(StoreError::NotFound)?;
+                    seq_order.push(app);
                     seqs.entry(app).or_insert(head)
                 }
             };
-            mark(&mut seq_order, app);
             let mut published = Vec::with_capacity(applied.outbox.len());
             for m in applied.outbox {
                 *seq += 1;
