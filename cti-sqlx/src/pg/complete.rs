@@ -292,54 +292,79 @@ async fn write(conn: &mut PgConnection, plan: &Plan, now: Timestamp) -> StoreRes
     Ok(())
 }
 
+/// Upserts calls with one statement of column arrays: the same SQL text (one prepared
+/// statement) whatever the number of rows — a `VALUES` list would be a new statement to parse
+/// and plan for every batch size.
+const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, direction, \
+    from_number, to_number, status, dialpad_user_id, target_type, target_id, started_at, \
+    answered_at, ended_at, duration_seconds, recording_url, is_voicemail, voicemail_audio_url, \
+    transcript, held, merge_log, last_event_ms, raw_payload, created_at, updated_at)
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::int8[], $9::text[], $10::int8[], $11::timestamptz[], $12::timestamptz[],
+        $13::timestamptz[], $14::int8[], $15::text[], $16::bool[], $17::text[], $18::text[],
+        $19::bool[], $20::jsonb[], $21::int8[], $22::jsonb[], $23::timestamptz[],
+        $24::timestamptz[])
+    ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
+    from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
+    status = EXCLUDED.status, dialpad_user_id = EXCLUDED.dialpad_user_id, \
+    target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
+    started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
+    ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
+    recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
+    voicemail_audio_url = EXCLUDED.voicemail_audio_url, transcript = EXCLUDED.transcript, \
+    held = EXCLUDED.held, merge_log = EXCLUDED.merge_log, \
+    last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload, \
+    updated_at = EXCLUDED.updated_at";
+
 async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()> {
-    for chunk in calls.chunks(ROWS_PER_STATEMENT / 24) {
-        let logs = chunk
-            .iter()
-            .map(|c| common::merge_log_to_value(&c.merge_log))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO calls ({CALL_COLS}) "));
-        q.push_values(chunk.iter().zip(logs), |mut row, (c, log)| {
-            row.push_bind(c.id)
-                .push_bind(c.app_id.0)
-                .push_bind(c.dialpad_call_id.as_i64())
-                .push_bind(c.direction.map(Direction::as_str))
-                .push_bind(c.from_number.as_deref())
-                .push_bind(c.to_number.as_deref())
-                .push_bind(c.status.as_str())
-                .push_bind(c.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(c.target_type.as_deref())
-                .push_bind(c.target_id.map(DialpadId::as_i64))
-                .push_bind(c.started_at)
-                .push_bind(c.answered_at)
-                .push_bind(c.ended_at)
-                .push_bind(c.duration_seconds)
-                .push_bind(c.recording_url.as_deref())
-                .push_bind(c.is_voicemail)
-                .push_bind(c.voicemail_audio_url.as_deref())
-                .push_bind(c.transcript.as_deref())
-                .push_bind(c.held)
-                .push_bind(log)
-                .push_bind(c.last_event_ms)
-                .push_bind(c.raw_payload.as_ref())
-                .push_bind(c.created_at)
-                .push_bind(c.updated_at);
-        });
-        q.push(
-            " ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
-             from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
-             status = EXCLUDED.status, dialpad_user_id = EXCLUDED.dialpad_user_id, \
-             target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
-             started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
-             ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
-             recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
-             voicemail_audio_url = EXCLUDED.voicemail_audio_url, transcript = EXCLUDED.transcript, \
-             held = EXCLUDED.held, merge_log = EXCLUDED.merge_log, \
-             last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload, \
-             updated_at = EXCLUDED.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(pg_err)?;
+    if calls.is_empty() {
+        return Ok(());
     }
+    let logs = calls
+        .iter()
+        .map(|c| common::merge_log_to_value(&c.merge_log))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let col = |f: fn(&Call) -> Option<&str>| calls.iter().map(f).collect::<Vec<_>>();
+    let ids = |f: fn(&Call) -> Option<DialpadId>| {
+        calls
+            .iter()
+            .map(|c| f(c).map(DialpadId::as_i64))
+            .collect::<Vec<_>>()
+    };
+    let times = |f: fn(&Call) -> Option<Timestamp>| calls.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(UPSERT_CALLS_SQL)
+        .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.app_id.0).collect::<Vec<_>>())
+        .bind(ids(|c| Some(c.dialpad_call_id)))
+        .bind(col(|c| c.direction.map(Direction::as_str)))
+        .bind(col(|c| c.from_number.as_deref()))
+        .bind(col(|c| c.to_number.as_deref()))
+        .bind(col(|c| Some(c.status.as_str())))
+        .bind(ids(|c| c.dialpad_user_id))
+        .bind(col(|c| c.target_type.as_deref()))
+        .bind(ids(|c| c.target_id))
+        .bind(times(|c| c.started_at))
+        .bind(times(|c| c.answered_at))
+        .bind(times(|c| c.ended_at))
+        .bind(calls.iter().map(|c| c.duration_seconds).collect::<Vec<_>>())
+        .bind(col(|c| c.recording_url.as_deref()))
+        .bind(calls.iter().map(|c| c.is_voicemail).collect::<Vec<_>>())
+        .bind(col(|c| c.voicemail_audio_url.as_deref()))
+        .bind(col(|c| c.transcript.as_deref()))
+        .bind(calls.iter().map(|c| c.held).collect::<Vec<_>>())
+        .bind(logs)
+        .bind(calls.iter().map(|c| c.last_event_ms).collect::<Vec<_>>())
+        .bind(
+            calls
+                .iter()
+                .map(|c| c.raw_payload.as_ref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(times(|c| Some(c.created_at)))
+        .bind(times(|c| Some(c.updated_at)))
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_err)?;
     Ok(())
 }
 
