@@ -153,6 +153,10 @@ impl PgStore {
     /// Like [`PgStore::connect`] with parsed connect options.
     pub async fn connect_with(connect: PgConnectOptions, opts: PgOptions) -> StoreResult<Self> {
         validate_schema_name(&opts.schema)?;
+        // No JIT: on a large backlog the claim statement's cost estimate crosses
+        // `jit_above_cost`, and compiling it costs tens of milliseconds per execution — far more
+        // than running it (docs/performance.md).
+        let connect = connect.options([("jit", "off")]);
         let set_path: Arc<str> = format!("SET search_path TO \"{}\"", opts.schema).into();
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
