@@ -196,6 +196,28 @@ mod schema {
         expected: Option<()>,
     }
 
+    /// The bearer check of every `/internal/*` route.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum BearerErrors {
+        /// Missing bearer, or another scheme.
+        #[response(status = 401)]
+        Missing(ErrorBody),
+        /// Wrong bearer secret.
+        #[response(status = 403)]
+        Wrong(ErrorBody),
+    }
+
+    /// Answers most routes can give: the rate limit and storage errors.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum CommonErrors {
+        /// Rate limited (`Retry-After`).
+        #[response(status = 429)]
+        RateLimited(ErrorBody),
+        /// Database error.
+        #[response(status = 500)]
+        Database(ErrorBody),
+    }
+
     /// Paging of a list.
     #[derive(ToSchema)]
     pub(crate) struct Pagination {

@@ -189,10 +189,9 @@ async fn calls(
         ("to" = Option<String>, Query, description = "Callee number."),
     ),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -216,10 +215,9 @@ pub(crate) async fn list_calls(
         ("to" = Option<String>, Query, description = "Callee number."),
     ),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -236,12 +234,11 @@ pub(crate) async fn list_active_calls(
     get, path = "/api/calls/{id}", tag = "client", operation_id = "get_call",
     params(("id" = String, Path, description = "Call id (UUID).")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The call.", body = crate::openapi::CallOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such call for this app.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -284,10 +281,9 @@ pub(crate) async fn get_call(
         ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
     ),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::MessageList),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -326,12 +322,11 @@ pub(crate) async fn list_messages(
     get, path = "/api/messages/{id}", tag = "client", operation_id = "get_message",
     params(("id" = String, Path, description = "Message id (UUID).")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The message.", body = crate::openapi::MessageOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such message for this app.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -371,10 +366,9 @@ pub(crate) async fn get_message(
         ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
     ),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::VoicemailList),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -410,12 +404,11 @@ pub(crate) async fn list_voicemails(
     get, path = "/api/voicemails/{id}", tag = "client", operation_id = "get_voicemail",
     params(("id" = String, Path, description = "Voicemail id (UUID).")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The voicemail.", body = crate::openapi::VoicemailOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such voicemail for this app.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limited (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "Database error.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
