@@ -72,6 +72,9 @@ pub const INTERNAL_BEARER: &str = "internal_bearer";
         crate::rest::internal::retry_event,
         ws_upgrade,
     ),
+    // Named only inside `WebhookResponses` (an `IntoResponses` type), which utoipa does not
+    // collect schemas from.
+    components(schemas(WebhookReceived)),
     modifiers(&Security),
     tags(
         (name = "ops", description = "Root, health, metrics and this document."),
@@ -216,6 +219,56 @@ mod schema {
         /// Database error.
         #[response(status = 500)]
         Database(ErrorBody),
+    }
+
+    /// `/api/*` errors: the app key check, the rate limit and storage errors.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum ClientErrors {
+        /// Missing or invalid `x-app-api-key`.
+        #[response(status = 401)]
+        Unauthorized(ErrorBody),
+        /// Rate limited (`Retry-After`).
+        #[response(status = 429)]
+        RateLimited(ErrorBody),
+        /// Database error.
+        #[response(status = 500)]
+        Database(ErrorBody),
+    }
+
+    /// Every answer of the two webhook routes.
+    #[derive(utoipa::IntoResponses)]
+    pub(crate) enum WebhookResponses {
+        /// Stored durably (`duplicate: true` for a retry).
+        #[response(status = 200)]
+        Received(WebhookReceived),
+        /// `Invalid JWT format`, `Invalid JSON`, `Invalid webhook payload` or `Invalid request body`.
+        #[response(status = 400)]
+        Invalid(ErrorBody),
+        /// `Invalid JWT signature`, `Invalid webhook signature` or `Unknown or unauthorized app`.
+        #[response(status = 401)]
+        Unauthorized(ErrorBody),
+        /// Body over `WEBHOOK_BODY_LIMIT`.
+        #[response(status = 413)]
+        TooLarge(ErrorBody),
+        /// Too many rejected requests from this client (`Retry-After`).
+        #[response(status = 429)]
+        RateLimited(ErrorBody),
+        /// `Webhook persistence failed`: storage error.
+        #[response(status = 500)]
+        Storage(ErrorBody),
+        /// `Webhook persistence failed`: database down, Dialpad retries.
+        #[response(status = 503)]
+        Unavailable(ErrorBody),
+    }
+
+    /// `limit` and `offset` of the paged lists.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub(crate) struct PageParams {
+        /// Page size (default 50, max 100).
+        limit: Option<u32>,
+        /// Items to skip.
+        offset: Option<u64>,
     }
 
     /// Paging of a list.
@@ -1176,6 +1229,37 @@ mod tests {
             ("POST", p) if p.starts_with("/webhooks/") => json!({ "event_type": "call.ring" }),
             _ => return None,
         })
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("$ref", Value::String(r)) => out.push(r.clone()),
+                            _ => refs(v, out),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = doc();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected reference {r}"));
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} is not defined"
+            );
+        }
     }
 
     #[test]

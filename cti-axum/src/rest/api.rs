@@ -181,17 +181,15 @@ async fn calls(
     get, path = "/api/calls", tag = "client", operation_id = "list_calls",
     description = "Calls of the app.",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
-        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        crate::openapi::PageParams,
         ("status" = Option<String>, Query, description = "ringing, active, ended, missed, rejected or voicemail."),
         ("direction" = Option<String>, Query, description = "inbound or outbound."),
         ("from" = Option<String>, Query, description = "Caller number."),
         ("to" = Option<String>, Query, description = "Callee number."),
     ),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -208,16 +206,14 @@ pub(crate) async fn list_calls(
     get, path = "/api/calls/active", tag = "client", operation_id = "list_active_calls",
     description = "Calls ringing or in progress.",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
-        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        crate::openapi::PageParams,
         ("direction" = Option<String>, Query, description = "inbound or outbound."),
         ("from" = Option<String>, Query, description = "Caller number."),
         ("to" = Option<String>, Query, description = "Callee number."),
     ),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::CallList),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -234,10 +230,9 @@ pub(crate) async fn list_active_calls(
     get, path = "/api/calls/{id}", tag = "client", operation_id = "get_call",
     params(("id" = String, Path, description = "Call id (UUID).")),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "The call.", body = crate::openapi::CallOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such call for this app.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
@@ -273,17 +268,15 @@ pub(crate) async fn get_call(
     get, path = "/api/messages", tag = "client", operation_id = "list_messages",
     description = "SMS of the app.",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
-        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        crate::openapi::PageParams,
         ("direction" = Option<String>, Query, description = "inbound or outbound."),
         ("from" = Option<String>, Query, description = "Sender number."),
         ("to" = Option<String>, Query, description = "Recipient number."),
         ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
     ),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::MessageList),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -322,10 +315,9 @@ pub(crate) async fn list_messages(
     get, path = "/api/messages/{id}", tag = "client", operation_id = "get_message",
     params(("id" = String, Path, description = "Message id (UUID).")),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "The message.", body = crate::openapi::MessageOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such message for this app.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
@@ -361,14 +353,12 @@ pub(crate) async fn get_message(
     get, path = "/api/voicemails", tag = "client", operation_id = "list_voicemails",
     description = "Voicemails of the app.",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."),
-        ("offset" = Option<u64>, Query, description = "Items to skip."),
+        crate::openapi::PageParams,
         ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user."),
     ),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "A page, newest first.", body = crate::openapi::VoicemailList),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),
 )]
@@ -404,10 +394,9 @@ pub(crate) async fn list_voicemails(
     get, path = "/api/voicemails/{id}", tag = "client", operation_id = "get_voicemail",
     params(("id" = String, Path, description = "Voicemail id (UUID).")),
     responses(
-        crate::openapi::CommonErrors,
+        crate::openapi::ClientErrors,
         (status = 200, description = "The voicemail.", body = crate::openapi::VoicemailOne),
         (status = 400, description = "Malformed id.", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or invalid `x-app-api-key`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such voicemail for this app.", body = crate::openapi::ErrorBody),
     ),
     security(("app_api_key" = [])),

@@ -206,7 +206,7 @@ pub(crate) async fn create_app(
 #[utoipa::path(
     get, path = "/internal/apps", tag = "internal", operation_id = "list_apps",
     description = "Lists apps.",
-    params(("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip.")),
+    params(crate::openapi::PageParams),
     responses(
         crate::openapi::CommonErrors,
         crate::openapi::BearerErrors,
@@ -456,7 +456,7 @@ fn audit_json(e: &AuditEntry) -> Value {
 #[utoipa::path(
     get, path = "/internal/apps/{app_id}/api-key/audit", tag = "internal", operation_id = "key_audit",
     description = "Key audit log, newest first.",
-    params(("app_id" = String, Path, description = "App id (UUID)."), ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip.")),
+    params(("app_id" = String, Path, description = "App id (UUID)."), crate::openapi::PageParams),
     responses(
         crate::openapi::CommonErrors,
         crate::openapi::BearerErrors,
@@ -500,7 +500,7 @@ pub(crate) async fn key_audit(
 #[utoipa::path(
     get, path = "/internal/apps/{app_id}/voicemails", tag = "internal", operation_id = "internal_list_voicemails",
     description = "Voicemails of an app.",
-    params(("app_id" = String, Path, description = "App id (UUID)."), ("limit" = Option<u32>, Query, description = "Page size (default 50, max 100)."), ("offset" = Option<u64>, Query, description = "Items to skip."), ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user.")),
+    params(("app_id" = String, Path, description = "App id (UUID)."), crate::openapi::PageParams, ("dialpad_user_id" = Option<String>, Query, description = "Dialpad user.")),
     responses(
         crate::openapi::CommonErrors,
         crate::openapi::BearerErrors,

@@ -254,15 +254,7 @@ pub(crate) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -
         description = "A Dialpad event: a compact HS256 JWT (`application/jwt`) or JSON signed with HMAC-SHA256 of the raw body, base64, in `x-dialpad-signature` or `x-signature` (`application/json`).",
         content(("application/jwt"), ("application/json")),
     ),
-    responses(
-        (status = 200, description = "Stored durably (`duplicate: true` for a retry).", body = crate::openapi::WebhookReceived),
-        (status = 400, description = "`Invalid JWT format`, `Invalid JSON`, `Invalid webhook payload` or `Invalid request body`.", body = crate::openapi::ErrorBody),
-        (status = 401, description = "`Invalid JWT signature`, `Invalid webhook signature` or `Unknown or unauthorized app`.", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over `WEBHOOK_BODY_LIMIT`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Too many rejected requests from this client (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "`Webhook persistence failed`: storage error.", body = crate::openapi::ErrorBody),
-        (status = 503, description = "`Webhook persistence failed`: database down, Dialpad retries.", body = crate::openapi::ErrorBody),
-    ),
+    responses(crate::openapi::WebhookResponses),
 )]
 pub(crate) async fn webhook(
     State(st): State<AppState>,
@@ -281,15 +273,7 @@ pub(crate) async fn webhook(
         description = "A Dialpad event: a compact HS256 JWT (`application/jwt`) or JSON signed with HMAC-SHA256 of the raw body, base64, in `x-dialpad-signature` or `x-signature` (`application/json`).",
         content(("application/jwt"), ("application/json")),
     ),
-    responses(
-        (status = 200, description = "Stored durably (`duplicate: true` for a retry).", body = crate::openapi::WebhookReceived),
-        (status = 400, description = "`Invalid JWT format`, `Invalid JSON`, `Invalid webhook payload` or `Invalid request body`.", body = crate::openapi::ErrorBody),
-        (status = 401, description = "`Invalid JWT signature`, `Invalid webhook signature` or `Unknown or unauthorized app`.", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over `WEBHOOK_BODY_LIMIT`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Too many rejected requests from this client (`Retry-After`).", body = crate::openapi::ErrorBody),
-        (status = 500, description = "`Webhook persistence failed`: storage error.", body = crate::openapi::ErrorBody),
-        (status = 503, description = "`Webhook persistence failed`: database down, Dialpad retries.", body = crate::openapi::ErrorBody),
-    ),
+    responses(crate::openapi::WebhookResponses),
 )]
 pub(crate) async fn webhook_for_app(
     State(st): State<AppState>,
