@@ -763,46 +763,11 @@ mod pg {
         assert_eq!(p.total, 50);
     }
 
-    /// The original server's tables this test needs (spec §7.1).
-    const ORIGINAL_DDL: &str = "
-        CREATE TABLE apps (
-            id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-            name TEXT NOT NULL,
-            api_key TEXT UNIQUE,
-            is_active BOOLEAN DEFAULT true,
-            created_at TIMESTAMP DEFAULT now(),
-            updated_at TIMESTAMP DEFAULT now()
-        );
-        CREATE TABLE calls (
-            id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-            app_id UUID NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
-            dialpad_call_id BIGINT NOT NULL UNIQUE,
-            direction TEXT CHECK (direction IN ('inbound', 'outbound')),
-            from_number TEXT,
-            to_number TEXT,
-            status TEXT,
-            started_at TIMESTAMP,
-            created_at TIMESTAMP DEFAULT now()
-        );
-        CREATE TABLE messages (
-            id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-            app_id UUID NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
-            dialpad_message_id BIGINT NOT NULL UNIQUE,
-            direction TEXT CHECK (direction IN ('inbound', 'outbound')),
-            from_number TEXT,
-            to_number TEXT,
-            text TEXT,
-            sent_at TIMESTAMP,
-            created_at TIMESTAMP DEFAULT now()
-        );
-        CREATE TABLE voicemails (
-            id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-            app_id UUID NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
-            dialpad_call_id BIGINT,
-            dialpad_user_id BIGINT,
-            created_at TIMESTAMP DEFAULT now(),
-            updated_at TIMESTAMP DEFAULT now()
-        );
+    /// The original server's schema (spec §7.1), shared with `pg_import.rs`.
+    const ORIGINAL_DDL: &str = include_str!("fixtures/original_schema.sql");
+
+    /// The rows this test imports.
+    const ORIGINAL_ROWS: &str = "
         INSERT INTO apps (id, name) VALUES
             ('00000000-0000-4000-8000-00000000000a', 'A'),
             ('00000000-0000-4000-8000-00000000000b', 'B');
@@ -835,7 +800,7 @@ mod pg {
         let source = pg_support::random_schema("orig");
         let mut c = db.conn().await;
         sqlx::raw_sql(&format!(
-            "CREATE SCHEMA \"{source}\"; SET search_path TO \"{source}\"; {ORIGINAL_DDL}"
+            "CREATE SCHEMA \"{source}\"; SET search_path TO \"{source}\"; {ORIGINAL_DDL}; {ORIGINAL_ROWS}"
         ))
         .execute(&mut c)
         .await

@@ -605,35 +605,38 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let url = self.admin_url.clone();
-        let name = self.name.clone();
-        // A separate thread with its own runtime: drop may run inside a test's runtime.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let mut c = sqlx::PgConnection::connect(&url)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let res = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .execute(&mut c)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = c.close().await;
-                res
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: cannot drop schema {}: {e}", self.name),
-            Err(_) => eprintln!("warning: cannot drop schema {}", self.name),
-        }
+        drop_schemas(&self.admin_url, &[&self.name]);
     }
+}
+
+/// Drops the PostgreSQL `schemas` (best effort; a failure is printed, not raised). Runs on a
+/// thread with its own runtime, so it can be called from `Drop` inside a test's runtime, and
+/// returns when done.
+pub fn drop_schemas(url: &str, schemas: &[&str]) {
+    let url = url.to_string();
+    let sql = schemas
+        .iter()
+        .map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                if let Err(e) = sqlx::raw_sql(&sql).execute(&mut c).await {
+                    eprintln!("warning: cannot drop the test schemas: {e}");
+                }
+                let _ = c.close().await;
+            }
+        });
+    })
+    .join();
 }
 
 /// The PostgreSQL URL to test against (`CTI_TEST_DATABASE_URL`, default [`DEFAULT_PG_URL`]), if

@@ -72,28 +72,6 @@ impl OriginalDb {
 
 impl Drop for OriginalDb {
     fn drop(&mut self) {
-        let url = self.url.clone();
-        let sql = format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.source, self.target
-        );
-        // A thread with its own runtime: drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
-                    if let Err(e) = sqlx::raw_sql(&sql).execute(&mut c).await {
-                        eprintln!("warning: cannot drop the test schemas: {e}");
-                    }
-                    let _ = c.close().await;
-                }
-            });
-        })
-        .join();
+        crate::drop_schemas(&self.url, &[&self.source, &self.target]);
     }
 }

@@ -547,28 +547,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.instances.clear();
-        let Some(schema) = self.schema.take() else {
-            return;
-        };
-        let url = self.database_url.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                        .execute(&mut c)
-                        .await;
-                    let _ = c.close().await;
-                }
-            });
-        })
-        .join();
+        if let Some(schema) = self.schema.take() {
+            crate::drop_schemas(&self.database_url, &[&schema]);
+        }
     }
 }
 
