@@ -377,7 +377,7 @@ async fn event_retry_and_draining_health() {
         call_id: None,
         state: None,
         event_timestamp: None,
-        payload: json!({}),
+        payload: json!({}).into(),
         received_at: now,
     };
     // no processor runs here: claim the event ourselves, then fail it for good

@@ -360,6 +360,25 @@ macro_rules! call_event {
                 CallEvent { $($f: self.$f,)* extra: Map::new() }
             }
         }
+
+        /// [`CallEvent`]'s fields plus the explicit type members, read straight from JSON
+        /// text by the normaliser's fast path (`normalize::normalize_json`).
+        #[derive(Deserialize)]
+        pub(crate) struct CallEventProbe {
+            $($(#[$fm])* $f: $t,)*
+            /// Explicit `event_type` (the legacy path when truthy).
+            #[serde(default)]
+            pub(crate) event_type: Option<Value>,
+            /// Explicit `type` (same).
+            #[serde(default, rename = "type")]
+            pub(crate) kind: Option<Value>,
+        }
+
+        impl CallEventProbe {
+            pub(crate) fn into_event(self) -> CallEvent {
+                CallEvent { $($f: self.$f,)* extra: Map::new() }
+            }
+        }
     };
 }
 

@@ -56,9 +56,10 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::fanout::{BusSignal, EventBus, Hub, LocalBus, Subscription};
+use crate::json::JsonText;
 use crate::keys::{self, KeyCache, KeyHasher};
 use crate::model::*;
-use crate::normalize::normalize;
+use crate::normalize::normalize_json;
 use crate::secrets::{DataCipher, Secret};
 use crate::store::*;
 use crate::verify::{VerifyConfig, VerifyError, WebhookVerifier, is_jwt_media_type};
@@ -485,6 +486,24 @@ impl EventMeta {
     }
 }
 
+/// Every top-level member [`EventMeta::from_payload`] and `org_id` read.
+const INGEST_MEMBERS: [&str; 14] = [
+    "state",
+    "event_type",
+    "type",
+    "call_id",
+    "call",
+    "recording",
+    "voicemail",
+    "event_timestamp",
+    "event_id",
+    "uuid",
+    "organization_id",
+    "org_id",
+    "company",
+    "company_id",
+];
+
 fn org_id(p: &Value) -> Option<DialpadId> {
     p.get("organization_id")
         .or_else(|| p.get("org_id"))
@@ -565,24 +584,35 @@ impl Cti {
         // 2. Verify.
         let jwt = req.content_type.is_some_and(is_jwt_media_type);
         let payload = if jwt {
-            inner.verifier.verify_jwt(req.body, &secret_bytes, now)?
+            inner
+                .verifier
+                .verify_jwt_text(req.body, &secret_bytes, now)?
         } else {
             if !req.content_type.is_some_and(is_json_media_type) {
                 return Err(VerifyError::InvalidSignature("unsupported_media_type".into()).into());
             }
-            let payload: Value = if req.body.iter().all(u8::is_ascii_whitespace) {
-                Value::Object(Default::default())
+            let payload = if req.body.iter().all(u8::is_ascii_whitespace) {
+                JsonText::assume_valid("{}")
             } else {
-                serde_json::from_slice(req.body).map_err(|_| IngestError::MalformedJson)?
+                std::str::from_utf8(req.body)
+                    .ok()
+                    .and_then(|text| JsonText::parse(text).ok())
+                    .ok_or(IngestError::MalformedJson)?
             };
             inner
                 .verifier
                 .verify_hmac(req.body, req.signature, &secret_bytes)?;
-            if !payload.is_object() {
+            if !payload.as_str().trim_start().starts_with('{') {
                 return Err(IngestError::NotAnObject);
             }
             payload
         };
+
+        // The members ingest reads (tenant, dedupe key, inbox columns), decoded without
+        // building the rest of the payload.
+        let members = payload
+            .select(&INGEST_MEMBERS)
+            .ok_or(IngestError::NotAnObject)?;
 
         // 3. Tenant.
         let app_id = match path_app {
@@ -598,7 +628,7 @@ impl Cti {
                 };
                 match by_key {
                     Some(a) => a,
-                    None => match org_id(&payload) {
+                    None => match org_id(&members) {
                         Some(org) => inner
                             .store
                             .find_app_by_org(org)
@@ -618,7 +648,7 @@ impl Cti {
         };
 
         // 4. Dedupe key and durable insert (group commit).
-        let meta = EventMeta::from_payload(&payload, req.event_type_header);
+        let meta = EventMeta::from_payload(&members, req.event_type_header);
         let dedupe_key = match &meta.event_id {
             Some(id) => format!("id:{id}"),
             None => hex::encode(Sha256::digest(req.body.trim_ascii())),
@@ -983,7 +1013,7 @@ impl Cti {
         let items = claimed
             .iter()
             .map(|e| {
-                let n = normalize(&e.payload, e.received_at);
+                let n = normalize_json(&e.payload, e.received_at);
                 let result = match &n.event {
                     crate::normalize::CtiEvent::Ignored { state } => {
                         EventResult::Ignored(format!("ignored: {state}"))

@@ -6,6 +6,7 @@ pub mod dialpad;
 pub mod error;
 pub mod fanout;
 pub mod inbox;
+pub mod json;
 pub mod keys;
 pub mod model;
 pub mod normalize;

@@ -412,8 +412,8 @@ pub struct Call {
     pub merge_log: MergeLog,
     /// `event_timestamp` (ms) of the newest event merged into the snapshot fields.
     pub last_event_ms: i64,
-    /// Sanitised copy of the newest payload.
-    pub raw_payload: Option<serde_json::Value>,
+    /// Sanitised copy of the newest payload, as JSON text.
+    pub raw_payload: Option<crate::json::JsonText>,
     /// Creation.
     pub created_at: Timestamp,
     /// Last change.

@@ -122,7 +122,10 @@ fn inbound_answered_fields() {
     assert_eq!(c.transcript, None);
     assert!(!c.held && !c.is_voicemail);
     assert_eq!(c.last_event_ms, 1767261793600);
-    assert_eq!(c.raw_payload.as_ref().unwrap()["state"], "hangup");
+    assert_eq!(
+        c.raw_payload.as_ref().unwrap().to_value().unwrap()["state"],
+        "hangup"
+    );
 }
 
 #[test]
@@ -141,7 +144,7 @@ fn inbound_post_call_artifacts() {
     assert_eq!(c.duration_seconds, Some(183));
     // recap_summary is ignored: the raw payload is the newest *applied* event (transcription).
     assert_eq!(
-        c.raw_payload.as_ref().unwrap()["state"],
+        c.raw_payload.as_ref().unwrap().to_value().unwrap()["state"],
         "call_transcription"
     );
     assert_eq!(
@@ -202,7 +205,7 @@ fn missed_fields() {
     assert_eq!(rfc(c.ended_at).as_deref(), Some("2026-01-01T12:00:31.010Z"));
     assert_eq!(c.duration_seconds, Some(0));
     assert_eq!(
-        c.raw_payload.as_ref().unwrap()["contact"]["name"],
+        c.raw_payload.as_ref().unwrap().to_value().unwrap()["contact"]["name"],
         "Zoë Ñúñez-Østergaard 山田"
     );
 }
@@ -284,7 +287,7 @@ fn big_ids_survive() {
     assert_eq!(c.dialpad_call_id.to_string(), "4611686018427387913");
     assert_eq!(c.status, CallStatus::Ended);
     assert_eq!(c.duration_seconds, Some(30));
-    let raw = c.raw_payload.unwrap();
+    let raw = c.raw_payload.unwrap().to_value().unwrap();
     assert_eq!(raw["contact"]["id"].as_u64(), Some(9007199254740993));
     assert_eq!(raw["call_id"].as_u64(), Some(4611686018427387913));
     assert_eq!(
@@ -616,7 +619,10 @@ fn t49_metadata_null_is_fine() {
     assert_eq!(n.event, CtiEvent::CallStarted);
     let c = w.call(a, 1020).unwrap();
     assert_eq!(c.status, CallStatus::Active);
-    assert_eq!(c.raw_payload.as_ref().unwrap()["metadata"], Value::Null);
+    assert_eq!(
+        c.raw_payload.as_ref().unwrap().to_value().unwrap()["metadata"],
+        Value::Null
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //!   with B events per call (one statement, one commit per call), as the facade's group commit
 //!   would, events spread over A tenants;
 //! * `claim+complete W workers, A apps` — W concurrent workers, each `inbox_claim(64)` then
-//!   `inbox_complete` of every claimed event with what `cti_core::normalize::normalize` makes of
+//!   `inbox_complete` of every claimed event with what `cti_core::normalize::normalize_json` makes of
 //!   its payload (call upsert + outbox append, one transaction per event).
 //!
 //! Events are the Dialpad fixture `call_inbound_02_ringing.json` with a distinct `call_id`,
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cti_core::model::{AppId, AuditContext, DialpadId};
-use cti_core::normalize::normalize;
+use cti_core::normalize::normalize_json;
 use cti_core::store::*;
 use cti_sqlx::pg::{PgOptions, PgStore};
 use serde_json::Value;
@@ -66,7 +66,7 @@ fn events(template: &Value, apps: &[AppId], n: usize) -> Vec<NewInboxEvent> {
                 call_id: Some(DialpadId(call_id)),
                 state: Some("ringing".into()),
                 event_timestamp: Some(ts),
-                payload,
+                payload: payload.into(),
                 received_at: now,
             }
         })
@@ -155,7 +155,7 @@ impl Bench {
                         return (done, claims, claim_t, complete_t);
                     }
                     for e in claimed {
-                        let n = normalize(&e.payload, e.received_at);
+                        let n = normalize_json(&e.payload, e.received_at);
                         let result = if n.is_ignored() {
                             EventResult::Ignored(format!("{:?}", n.event))
                         } else {

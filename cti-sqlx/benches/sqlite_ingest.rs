@@ -4,7 +4,7 @@
 //! * `sqlite_ingest/16_writers_batch_64` — 16 concurrent tasks, each inserting a batch of 64
 //!   events (1,024 events per iteration);
 //! * `sqlite_process/claim_64_complete_each` — claim 64 due events, then complete each with
-//!   the event `cti_core::normalize::normalize` makes of its payload (call upsert + outbox).
+//!   the event `cti_core::normalize::normalize_json` makes of its payload (call upsert + outbox).
 //!
 //! Events are the Dialpad fixture `call_inbound_02_ringing.json` with a distinct `call_id`,
 //! `event_timestamp` and dedupe key each. Throughput is reported in events per second.
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_main};
 use cti_core::model::{AppId, AuditContext, DialpadId};
-use cti_core::normalize::normalize;
+use cti_core::normalize::normalize_json;
 use cti_core::store::*;
 use cti_sqlx::SqliteStore;
 use serde_json::Value;
@@ -87,7 +87,7 @@ impl Fixture {
                     call_id: Some(DialpadId(call_id)),
                     state: Some("ringing".into()),
                     event_timestamp: Some(ts),
-                    payload,
+                    payload: payload.into(),
                     received_at: now,
                 }
             })
@@ -194,7 +194,7 @@ fn bench_process(c: &mut Criterion) {
                         panic!("inbox drained early after {done} events");
                     }
                     for e in claimed {
-                        let n = normalize(&e.payload, e.received_at);
+                        let n = normalize_json(&e.payload, e.received_at);
                         let result = if n.is_ignored() {
                             EventResult::Ignored(format!("{:?}", n.event))
                         } else {

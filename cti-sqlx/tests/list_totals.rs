@@ -183,7 +183,7 @@ async fn run_events(s: &Arc<dyn Store>, apps: &[AppId], rng: &mut Rng, n: usize,
             call_id: call.map(DialpadId),
             state: Some("x".into()),
             event_timestamp: None,
-            payload: serde_json::json!({ "seq": seq }),
+            payload: serde_json::json!({ "seq": seq }).into(),
             received_at: t0() + chrono::Duration::milliseconds(seq as i64),
         };
         pending.insert(e.id, norm);

@@ -37,7 +37,9 @@ fn lifecycle(call: u64) -> Vec<Normalized> {
             from_number: Some(format!("+1555000{ms:04}")),
             to_number: Some("+15550002222".into()),
             dialpad_user_id: Some(DialpadId(12345)),
-            raw_payload: Some(serde_json::json!({ "state": format!("{event:?}"), "ms": ms })),
+            raw_payload: Some(
+                serde_json::json!({ "state": format!("{event:?}"), "ms": ms }).into(),
+            ),
             ..Default::default()
         };
         match event {
@@ -167,7 +169,7 @@ async fn concurrent_completes_of_one_call_equal_the_sequential_merge() {
                 call_id: Some(DialpadId(call)),
                 state: None,
                 event_timestamp: None,
-                payload: serde_json::json!({}),
+                payload: serde_json::json!({}).into(),
                 received_at: t0(),
             })
             .collect();
@@ -320,7 +322,7 @@ async fn drain(name: &str, batched: bool) {
                 call_id: Some(DialpadId(*call)),
                 state: None,
                 event_timestamp: n.call.as_ref().map(|c| c.event_ms),
-                payload: serde_json::json!({}),
+                payload: serde_json::json!({}).into(),
                 received_at: t0() + secs((i * 20 + k) as i64),
             });
             by_key.insert(key, n);

@@ -221,7 +221,7 @@ async fn apply(
         call_id: Some(DialpadId(call)),
         state: None,
         event_timestamp: Some(ms),
-        payload: serde_json::json!({}),
+        payload: serde_json::json!({}).into(),
         received_at: now,
     }])
     .await
@@ -363,7 +363,7 @@ async fn imports_an_original_database_in_place() {
     assert_eq!(ended.dialpad_user_id, Some(DialpadId(4611686018427387913)));
     assert_eq!(ended.ended_at, Some(utc(2025, 3, 1, 12, 2)));
     assert_eq!(
-        ended.raw_payload,
+        ended.raw_payload.map(|r| r.to_value().unwrap()),
         Some(serde_json::json!({"state": "hangup"}))
     );
     assert_eq!(
@@ -540,7 +540,7 @@ async fn imports_an_original_database_in_place() {
             call_id: None,
             state: None,
             event_timestamp: None,
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({}).into(),
             received_at: Utc::now(),
         }])
         .await

@@ -119,7 +119,7 @@ fn event(app: AppId, i: usize) -> NewInboxEvent {
         call_id: Some(DialpadId(1 + i as u64)),
         state: Some("ringing".into()),
         event_timestamp: None,
-        payload: serde_json::json!({ "i": i }),
+        payload: serde_json::json!({ "i": i }).into(),
         received_at: t0(),
     }
 }

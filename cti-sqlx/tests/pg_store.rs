@@ -263,7 +263,7 @@ async fn unique_and_foreign_key_violations_map_to_conflict_and_not_found() {
             call_id: None,
             state: None,
             event_timestamp: None,
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({}).into(),
             received_at: t0(),
         }])
         .await
@@ -346,7 +346,7 @@ async fn equal_arrival_times_are_claimed_in_insertion_order() {
             call_id: None,
             state: None,
             event_timestamp: None,
-            payload: serde_json::json!({ "i": i }),
+            payload: serde_json::json!({ "i": i }).into(),
             received_at: t0(),
         })
         .collect();

@@ -54,7 +54,7 @@ fn ev(
         call_id: call.map(DialpadId),
         state: Some("ringing".into()),
         event_timestamp: ts,
-        payload: serde_json::json!({"call_id": call, "state": "ringing"}),
+        payload: serde_json::json!({"call_id": call, "state": "ringing"}).into(),
         received_at: at,
     }
 }

@@ -19,9 +19,10 @@
 
 use serde_json::Value;
 
-use super::sanitize::sanitize;
+use super::sanitize::{sanitize, sanitize_text};
 use super::{CallUpdate, CtiEvent, MessageUpdate, Normalized, VoicemailUpdate};
-use crate::dialpad::{CallEvent, SmsEvent, ms_to_seconds, ms_to_timestamp};
+use crate::dialpad::{CallEvent, CallEventProbe, SmsEvent, ms_to_seconds, ms_to_timestamp};
+use crate::json::JsonText;
 use crate::model::{DialpadId, Direction, Timestamp};
 
 /// Event types of the legacy JSON test path (spec §3.3), used verbatim when a payload names one
@@ -120,8 +121,8 @@ fn is_sms_shape(payload: &Value) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 fn dialpad_call(payload: &Value, received_at: Timestamp) -> Normalized {
-    let ev = match CallEvent::from_json_fields(payload) {
-        Ok(ev) => ev,
+    match CallEvent::from_json_fields(payload) {
+        Ok(ev) => call_event(ev, || JsonText::from_value(&sanitize(payload)), received_at),
         Err(e) => {
             if payload
                 .get("call_id")
@@ -130,9 +131,50 @@ fn dialpad_call(payload: &Value, received_at: Timestamp) -> Normalized {
             {
                 return Normalized::ignored("invalid_call_id");
             }
-            return Normalized::ignored(format!("malformed_call_event: {e}"));
+            Normalized::ignored(format!("malformed_call_event: {e}"))
         }
-    };
+    }
+}
+
+/// Normalises a verified payload kept as JSON text; the same result as [`normalize`] of the
+/// decoded payload (`raw_payload` equal as JSON), and text that is not JSON is ignored
+/// (`not_json`).
+///
+/// A Dialpad call event (the bulk of the traffic) takes a fast path: its fields are read
+/// straight from the text — no `Value` tree — and when [`super::sanitize::needs_sanitizing`]
+/// finds nothing to cut, `raw_payload` is the payload text itself (shared, not copied). Any
+/// other shape, or text the fast path cannot read as a call event, goes through [`normalize`].
+///
+/// ```
+/// use cti_core::json::JsonText;
+/// use cti_core::normalize::{CtiEvent, normalize_json};
+/// let text = JsonText::parse(r#"{"call_id": 5744118934454272, "state": "connected",
+///     "direction": "inbound", "event_timestamp": 1767261605000}"#).unwrap();
+/// let n = normalize_json(&text, chrono::Utc::now());
+/// assert_eq!(n.event, CtiEvent::CallStarted);
+/// assert_eq!(n.call.unwrap().raw_payload, Some(text));
+/// ```
+pub fn normalize_json(payload: &JsonText, received_at: Timestamp) -> Normalized {
+    if let Ok(probe) = serde_json::from_str::<CallEventProbe>(payload.as_str()) {
+        let explicit_type = [probe.event_type.as_ref(), probe.kind.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(truthy);
+        // The conditions under which `normalize` takes its Dialpad call path with these fields
+        // (`call_id` and `state` truthy, no explicit type).
+        let ev = probe.into_event();
+        if !explicit_type && ev.call_id.0 != 0 && !ev.state.is_empty() {
+            return call_event(ev, || sanitize_text(payload), received_at);
+        }
+    }
+    match payload.to_value() {
+        Ok(v) => normalize(&v, received_at),
+        Err(_) => Normalized::ignored("not_json"),
+    }
+}
+
+/// The normalisation of a decoded Dialpad call event; `raw` gives the sanitised payload.
+fn call_event(ev: CallEvent, raw: impl FnOnce() -> JsonText, received_at: Timestamp) -> Normalized {
     let event = event_for_state(&ev.state);
     if matches!(event, CtiEvent::Ignored { .. }) {
         return Normalized::ignored(ev.state.trim());
@@ -193,7 +235,7 @@ fn dialpad_call(payload: &Value, received_at: Timestamp) -> Normalized {
             CtiEvent::CallHeld => Some(true),
             _ => None,
         },
-        raw_payload: Some(sanitize(payload)),
+        raw_payload: Some(raw()),
     };
     let voicemail = matches!(event, CtiEvent::VoicemailReceived).then(|| VoicemailUpdate {
         dialpad_call_id: Some(ev.call_id),
@@ -309,7 +351,7 @@ fn legacy_call(event: CtiEvent, payload: &Value, received_at: Timestamp) -> Norm
             CtiEvent::CallStarted => Some(false),
             _ => None,
         },
-        raw_payload: Some(sanitize(payload)),
+        raw_payload: Some(JsonText::from_value(&sanitize(payload))),
     };
     Normalized {
         event,
@@ -342,7 +384,7 @@ fn legacy_recording(payload: &Value, received_at: Timestamp) -> Normalized {
         dialpad_call_id: Some(dialpad_call_id),
         event_ms: event_ms(rec, payload, received_at),
         recording_url: Some(url),
-        raw_payload: Some(sanitize(payload)),
+        raw_payload: Some(JsonText::from_value(&sanitize(payload))),
         ..CallUpdate::default()
     };
     Normalized {
@@ -384,7 +426,7 @@ fn legacy_voicemail(payload: &Value, received_at: Timestamp) -> Normalized {
         dialpad_user_id: Some(user),
         voicemail_audio_url: Some(recording_url.clone()),
         transcript: transcript.clone(),
-        raw_payload: Some(sanitize(payload)),
+        raw_payload: Some(JsonText::from_value(&sanitize(payload))),
         ..CallUpdate::default()
     });
     Normalized {
@@ -1046,8 +1088,81 @@ mod tests {
             &json!({"event_type": "call.started", "call_id": 1020, "metadata": null, "audio_data": "AAA"}),
             now(),
         );
-        let raw = n.call.unwrap().raw_payload.unwrap();
+        let raw = n.call.unwrap().raw_payload.unwrap().to_value().unwrap();
         assert_eq!(raw["audio_data"], "[removed - binary data]");
         assert_eq!(raw["metadata"], Value::Null);
+    }
+
+    /// `raw_payload` as canonical (decoded and re-encoded) text, so results compare as JSON.
+    fn canonical(mut n: Normalized) -> Normalized {
+        if let Some(c) = n.call.as_mut() {
+            c.raw_payload = c
+                .raw_payload
+                .as_ref()
+                .map(|r| JsonText::from_value(&r.to_value().unwrap()));
+        }
+        n
+    }
+
+    #[test]
+    fn text_path_equals_value_path() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/dialpad/events");
+        let mut texts: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(texts.len() >= 20);
+        let long = "y".repeat(600);
+        texts.extend(
+            [
+                json!({"call_id": 0, "state": "ringing"}),
+                json!({"call_id": "0", "state": "ringing"}),
+                json!({"call_id": 7, "state": ""}),
+                json!({"call_id": 7, "state": 5}),
+                json!({"call_id": 7, "state": "hangup", "event_type": "call.ring"}),
+                json!({"call_id": 7, "state": "hangup", "type": "sms.received", "id": 1}),
+                json!({"call_id": 7, "state": "hangup", "event_type": "", "type": 0}),
+                json!({"call_id": "x", "state": "hangup"}),
+                json!({"call_id": 7, "state": "transcription", "transcription_text": long}),
+                json!({"call_id": 7, "state": "hangup", "labels": (0..20).collect::<Vec<_>>()}),
+                json!({"id": 9, "text": "hi", "direction": "inbound"}),
+                json!({"state": "ringing"}),
+                json!([1, 2]),
+            ]
+            .iter()
+            .map(Value::to_string),
+        );
+        texts.push(r#"{"call_id": 7, "state": "ringing", "state": "hangup"}"#.into());
+        texts.push(
+            r#"{"call_id": 7, "state": "missed", "direction": "inbound", "direction": 3}"#.into(),
+        );
+        for text in texts {
+            let payload = JsonText::parse(text.clone()).unwrap();
+            let value = payload.to_value().unwrap();
+            assert_eq!(
+                canonical(normalize_json(&payload, now())),
+                canonical(normalize(&value, now())),
+                "{text}"
+            );
+        }
+        let not_json = JsonText::assume_valid("{oops");
+        assert_eq!(
+            normalize_json(&not_json, now()),
+            Normalized::ignored("not_json")
+        );
+    }
+
+    #[test]
+    fn text_path_shares_a_clean_payload() {
+        let text = JsonText::parse(include_str!(
+            "../../../fixtures/dialpad/events/call_inbound_03_connected.json"
+        ))
+        .unwrap();
+        let raw = normalize_json(&text, now())
+            .call
+            .unwrap()
+            .raw_payload
+            .unwrap();
+        assert_eq!(raw.as_str(), text.as_str());
     }
 }

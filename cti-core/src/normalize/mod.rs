@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CallStatus, DialpadId, Direction, Timestamp};
 
-pub use extract::normalize;
+pub use extract::{normalize, normalize_json};
 pub use merge::{CallMerge, status_transition_allowed};
 
 /// The logical event a Dialpad payload represents (spec §3.2, REWRITE column).
@@ -133,8 +133,8 @@ pub struct CallUpdate {
     pub voicemail_audio_url: Option<String>,
     /// Hold flag (`Some(true)` on hold, `Some(false)` on (re)connect).
     pub held: Option<bool>,
-    /// Sanitised payload.
-    pub raw_payload: Option<serde_json::Value>,
+    /// Sanitised payload (spec §3.9), as JSON text.
+    pub raw_payload: Option<crate::json::JsonText>,
 }
 
 /// A voicemail to create or update.

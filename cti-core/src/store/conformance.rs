@@ -92,7 +92,9 @@ fn ev(
         call_id: call.map(DialpadId),
         state: Some("ringing".into()),
         event_timestamp: ts,
-        payload: serde_json::json!({"call_id": call, "state": "ringing", "big": 4611686018427387913u64}),
+        payload:
+            serde_json::json!({"call_id": call, "state": "ringing", "big": 4611686018427387913u64})
+                .into(),
         received_at: at,
     }
 }
@@ -600,7 +602,10 @@ pub async fn inbox_dedupe_per_tenant(s: Arc<dyn Store>) {
     let got = s.inbox_get(None, first.id).await.unwrap().unwrap();
     assert_eq!(got.status, EventStatus::Pending);
     assert_eq!(got.attempts, 0);
-    assert_eq!(got.payload["big"].as_u64(), Some(4611686018427387913));
+    assert_eq!(
+        got.payload.to_value().unwrap()["big"].as_u64(),
+        Some(4611686018427387913)
+    );
     assert_eq!(got.call_id, Some(DialpadId(1)));
     assert_eq!(got.dedupe_key, "k1");
     let stats = s.inbox_stats().await.unwrap();

@@ -67,8 +67,8 @@ pub struct NewInboxEvent {
     pub state: Option<String>,
     /// Dialpad `event_timestamp` (epoch ms).
     pub event_timestamp: Option<i64>,
-    /// The verified payload, unmodified.
-    pub payload: serde_json::Value,
+    /// The verified payload: the JSON text exactly as it was signed.
+    pub payload: crate::json::JsonText,
     /// Arrival time.
     pub received_at: Timestamp,
 }
@@ -90,8 +90,8 @@ pub struct InboxEvent {
     pub state: Option<String>,
     /// Dialpad event time (ms).
     pub event_timestamp: Option<i64>,
-    /// Payload.
-    pub payload: serde_json::Value,
+    /// Payload (the verified JSON text).
+    pub payload: crate::json::JsonText,
     /// State.
     pub status: EventStatus,
     /// Attempts so far (incremented by each claim; the claim's value is the lease token).

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::SubsecRound;
+use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::*;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -302,7 +303,7 @@ const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, 
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::int8[], $9::text[], $10::int8[], $11::timestamptz[], $12::timestamptz[],
         $13::timestamptz[], $14::int8[], $15::text[], $16::bool[], $17::text[], $18::text[],
-        $19::bool[], $20::jsonb[], $21::int8[], $22::jsonb[], $23::timestamptz[],
+        $19::bool[], $20::jsonb[], $21::int8[], $22::text[]::jsonb[], $23::timestamptz[],
         $24::timestamptz[])
     ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
     from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
@@ -357,7 +358,7 @@ async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()
         .bind(
             calls
                 .iter()
-                .map(|c| c.raw_payload.as_ref())
+                .map(|c| c.raw_payload.as_ref().map(JsonText::as_str))
                 .collect::<Vec<_>>(),
         )
         .bind(times(|c| Some(c.created_at)))

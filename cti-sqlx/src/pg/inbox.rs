@@ -156,7 +156,7 @@ impl InboxStore for PgStore {
             calls.push(e.call_id.map(DialpadId::as_i64));
             states.push(e.state.clone());
             stamps.push(e.event_timestamp);
-            payloads.push(e.payload.clone());
+            payloads.push(e.payload.as_str());
             received.push(e.received_at);
         }
         // One statement for the whole batch (one commit). WITH ORDINALITY keeps the batch order
@@ -167,7 +167,7 @@ impl InboxStore for PgStore {
              SELECT u.id, u.app_id, u.dedupe_key, u.event_type, u.call_id, u.state, u.event_timestamp, \
              u.payload, 'pending', 0, u.received_at, u.received_at \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-             $7::int8[], $8::jsonb[], $9::timestamptz[]) WITH ORDINALITY \
+             $7::int8[], $8::text[]::jsonb[], $9::timestamptz[]) WITH ORDINALITY \
              AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, received_at, ord) \
              ORDER BY u.ord \
              ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING id",

@@ -1,6 +1,7 @@
 //! Error mapping and row decoding shared by the PostgreSQL store modules.
 
 use chrono::{DateTime, Utc};
+use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::{EventStatus, InboxEvent, PublishedEvent, StoreError, StoreResult};
 use sqlx::Row;
@@ -32,6 +33,12 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(name).map_err(pg_err)
+}
+
+/// A `JSONB` column as JSON text (the store only ever writes [`JsonText`]).
+pub(crate) fn json_text(row: &PgRow, name: &str) -> StoreResult<Option<JsonText>> {
+    let raw: Option<&sqlx::types::JsonRawValue> = col(row, name)?;
+    Ok(raw.map(|r| JsonText::assume_valid(r.get())))
 }
 
 /// A `BIGINT` column holding a Dialpad id.
@@ -140,7 +147,7 @@ pub(crate) fn call_from_row(row: &PgRow) -> StoreResult<Call> {
         held: col(row, "held")?,
         merge_log,
         last_event_ms: col(row, "last_event_ms")?,
-        raw_payload: col(row, "raw_payload")?,
+        raw_payload: json_text(row, "raw_payload")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
     })
@@ -220,7 +227,7 @@ pub(crate) fn event_from_row(row: &PgRow) -> StoreResult<InboxEvent> {
         call_id: opt_did(col(row, "call_id")?)?,
         state: col(row, "state")?,
         event_timestamp: col(row, "event_timestamp")?,
-        payload: col(row, "payload")?,
+        payload: json_text(row, "payload")?.ok_or_else(|| corrupt("null payload"))?,
         status: EventStatus::parse(&status)
             .ok_or_else(|| corrupt(format!("event status {status:?}")))?,
         attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::*;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -286,7 +287,7 @@ async fn upsert_calls(conn: &mut SqliteConnection, calls: &[Call]) -> StoreResul
                 .push_bind(i64::from(c.held))
                 .push_bind(merge_log)
                 .push_bind(c.last_event_ms)
-                .push_bind(c.raw_payload.as_ref().map(common::json_to_text))
+                .push_bind(c.raw_payload.as_ref().map(JsonText::as_str))
                 .push_bind(ts(&c.created_at))
                 .push_bind(ts(&c.updated_at));
         });

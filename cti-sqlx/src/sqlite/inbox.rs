@@ -354,7 +354,7 @@ async fn insert_events(
                 .push_bind(e.call_id.map(DialpadId::as_i64))
                 .push_bind(e.state.clone())
                 .push_bind(e.event_timestamp)
-                .push_bind(common::json_to_text(&e.payload))
+                .push_bind(e.payload.as_str())
                 .push_bind(received)
                 .push_bind(received);
         });

@@ -1,6 +1,7 @@
 //! Column lists and row decoders of the SQLite schema.
 
 use chrono::DateTime;
+use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::{InboxEvent, PublishedEvent, StoreError, StoreResult};
 use sqlx::Row;
@@ -133,7 +134,7 @@ pub(crate) fn event(r: &SqliteRow) -> StoreResult<InboxEvent> {
         call_id: get_opt_id(r, "call_id")?,
         state: get(r, "state")?,
         event_timestamp: get(r, "event_timestamp")?,
-        payload: common::json_from_text("payload", &payload)?,
+        payload: JsonText::assume_valid(payload),
         status: common::event_status(&status)?,
         attempts: common::attempts(get(r, "attempts")?)?,
         last_error: get(r, "last_error")?,
@@ -195,7 +196,7 @@ pub(crate) fn call(r: &SqliteRow) -> StoreResult<Call> {
         held: get_bool(r, "held")?,
         merge_log: common::merge_log_from_json(Some(&merge_log))?,
         last_event_ms: get(r, "last_event_ms")?,
-        raw_payload: common::opt_json_from_text("raw_payload", raw.as_deref())?,
+        raw_payload: raw.map(JsonText::assume_valid),
         created_at: get_ts(r, "created_at")?,
         updated_at: get_ts(r, "updated_at")?,
     })
