@@ -144,6 +144,12 @@ pub struct CtiConfig {
     pub ingest_writers: usize,
     /// Largest group-commit batch (default 256).
     pub ingest_batch: usize,
+    /// Process accepted events in the group-commit transaction that inserts them
+    /// ([`InboxStore::inbox_insert_processed`]) instead of leaving every event to the
+    /// processor's claim + complete transactions (default `true`; stores without support only
+    /// insert, and events of a call with older unfinished events always wait for the
+    /// processor).
+    pub inline_processing: bool,
 }
 
 impl Default for CtiConfig {
@@ -162,6 +168,7 @@ impl Default for CtiConfig {
             key_recheck: Duration::from_secs(2),
             ingest_writers: 4,
             ingest_batch: 256,
+            inline_processing: true,
         }
     }
 }
@@ -654,7 +661,7 @@ impl Cti {
             None => hex::encode(Sha256::digest(req.body.trim_ascii())),
         };
         let ev = NewInboxEvent {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(),
             app_id,
             dedupe_key,
             event_type: meta.event_type,
@@ -674,10 +681,8 @@ impl Cti {
             .await
             .map_err(|_| IngestError::Unavailable("ingest writer stopped".into()))??;
         Ok(match outcome {
-            InsertOutcome::Inserted(event_id) => {
-                inner.wake.notify_one();
-                IngestOutcome::Accepted { event_id, app_id }
-            }
+            // The writer woke the processor if the event was left for it.
+            InsertOutcome::Inserted(event_id) => IngestOutcome::Accepted { event_id, app_id },
             InsertOutcome::Duplicate(event_id) => IngestOutcome::Duplicate { event_id, app_id },
         })
     }
@@ -1012,19 +1017,10 @@ impl Cti {
         }
         let items = claimed
             .iter()
-            .map(|e| {
-                let n = normalize_json(&e.payload, e.received_at);
-                let result = match &n.event {
-                    crate::normalize::CtiEvent::Ignored { state } => {
-                        EventResult::Ignored(format!("ignored: {state}"))
-                    }
-                    _ => EventResult::Apply(Box::new(n)),
-                };
-                Completion {
-                    event_id: e.id,
-                    attempt: e.attempts,
-                    result,
-                }
+            .map(|e| Completion {
+                event_id: e.id,
+                attempt: e.attempts,
+                result: event_result(normalize_json(&e.payload, e.received_at)),
             })
             .collect();
         let now = inner.clock.now();
@@ -1169,7 +1165,7 @@ async fn insert_writer(
             }
         }
         let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match cti.inner.store.inbox_insert(events).await {
+        match write_batch(&cti, events).await {
             Ok(outcomes) => {
                 for (r, o) in replies.into_iter().zip(outcomes) {
                     let _ = r.send(Ok(o));
@@ -1182,6 +1178,71 @@ async fn insert_writer(
                 }
             }
         }
+    }
+}
+
+/// Inserts one group-commit batch — processing it in the same transaction when
+/// [`CtiConfig::inline_processing`] is on — publishes what it produced, and wakes the
+/// processor for what is left pending.
+async fn write_batch(cti: &Cti, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>> {
+    let inner = &cti.inner;
+    if !inner.config.inline_processing {
+        let outcomes = inner.store.inbox_insert(events).await?;
+        if outcomes.iter().any(|o| !o.is_duplicate()) {
+            inner.wake.notify_one();
+        }
+        return Ok(outcomes);
+    }
+    let items: Vec<(NewInboxEvent, Option<EventResult>)> = events
+        .into_iter()
+        .map(|e| {
+            let result = event_result(normalize_json(&e.payload, e.received_at));
+            (e, Some(result))
+        })
+        .collect();
+    let fallback: Vec<NewInboxEvent> = items.iter().map(|(e, _)| e.clone()).collect();
+    let done = match inner
+        .store
+        .inbox_insert_processed(items, inner.config.processor.lease, inner.clock.now())
+        .await
+    {
+        Ok(done) => done,
+        Err(e) => {
+            // Never lose an event to a processing problem: store it for the processor.
+            tracing::warn!(error = %e, "inline processing failed; inserting for the processor");
+            let outcomes = inner.store.inbox_insert(fallback).await?;
+            inner.wake.notify_one();
+            return Ok(outcomes);
+        }
+    };
+    let left = done
+        .outcomes
+        .iter()
+        .zip(&done.processed)
+        .any(|(o, p)| !o.is_duplicate() && !p);
+    if left {
+        inner.wake.notify_one();
+    }
+    let mut heads: HashMap<AppId, u64> = HashMap::new();
+    for p in &done.published {
+        let head = heads.entry(p.app_id).or_default();
+        *head = (*head).max(p.seq);
+    }
+    for (app_id, seq) in heads {
+        if let Err(err) = inner.bus.notify(BusSignal::Events { app_id, seq }).await {
+            tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
+        }
+    }
+    Ok(done.outcomes)
+}
+
+/// What the stores do with a normalised event.
+fn event_result(n: crate::normalize::Normalized) -> EventResult {
+    match &n.event {
+        crate::normalize::CtiEvent::Ignored { state } => {
+            EventResult::Ignored(format!("ignored: {state}"))
+        }
+        _ => EventResult::Apply(Box::new(n)),
     }
 }
 

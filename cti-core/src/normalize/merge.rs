@@ -92,8 +92,9 @@ impl CallMerge {
         let created = existing.is_none();
         let mut call = match existing {
             Some(c) => c.clone(),
+            // Record ids are time-ordered (UUIDv7): new rows append to the id index.
             None => Call {
-                id: Uuid::new_v4(),
+                id: Uuid::now_v7(),
                 app_id: app,
                 dialpad_call_id: call_id,
                 direction: None,
@@ -329,7 +330,7 @@ pub fn merge_voicemail(
         }
         None => (
             Voicemail {
-                id: Uuid::new_v4(),
+                id: Uuid::now_v7(),
                 app_id: app,
                 dialpad_call_id: upd.dialpad_call_id,
                 dialpad_user_id: upd.dialpad_user_id,
@@ -376,7 +377,7 @@ pub fn merge_message(
         }
         None => (
             Message {
-                id: Uuid::new_v4(),
+                id: Uuid::now_v7(),
                 app_id: app,
                 dialpad_message_id: id,
                 direction: upd.direction,

@@ -174,6 +174,33 @@ pub trait InboxStore: Send + Sync {
     /// its first occurrence.
     async fn inbox_insert(&self, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>>;
 
+    /// [`InboxStore::inbox_insert`] that may also process the new events in the same
+    /// transaction ("inline processing"): an inserted event whose `result` is given is
+    /// completed as if it had been claimed (attempt 1) and passed to
+    /// [`InboxStore::inbox_complete`], in `(event_timestamp, arrival)` order — unless its call
+    /// still has an older unfinished event, in which case it stays `pending` for the processor
+    /// (per-call order). Saves the claim and completion transactions of the common case.
+    ///
+    /// The default only inserts (every new event stays `pending`); a store overrides it when
+    /// it can do both in one transaction. If the override fails, the caller falls back to
+    /// [`InboxStore::inbox_insert`], so an event is never lost to a processing problem.
+    async fn inbox_insert_processed(
+        &self,
+        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<InsertProcessed> {
+        let _ = (lease, now);
+        let events = events.into_iter().map(|(e, _)| e).collect();
+        let outcomes = self.inbox_insert(events).await?;
+        let processed = vec![false; outcomes.len()];
+        Ok(InsertProcessed {
+            outcomes,
+            processed,
+            published: Vec::new(),
+        })
+    }
+
     /// Claims up to `limit` due events (`pending`, or `failed` with `next_attempt_at <= now`,
     /// or `processing` with an expired lease), oldest first, setting `status = processing`,
     /// `locked_until = now + lease` and incrementing `attempts`. Never returns an event whose
@@ -448,6 +475,19 @@ pub struct Completion {
     pub attempt: u32,
     /// What to do with it.
     pub result: EventResult,
+}
+
+/// What [`InboxStore::inbox_insert_processed`] did with a batch.
+#[derive(Clone, Debug, Default)]
+pub struct InsertProcessed {
+    /// Insert outcome of each event, in input order.
+    pub outcomes: Vec<InsertOutcome>,
+    /// Whether each event was inserted *and* finished in the same transaction (`false`: a
+    /// duplicate, or left `pending` for the processor).
+    pub processed: Vec<bool>,
+    /// The realtime messages the processed events appended to the outbox, in sequence order
+    /// per app (publish them after the call returns: the transaction is committed).
+    pub published: Vec<PublishedEvent>,
 }
 
 /// What a processed event does, decided by [`crate::normalize`].

@@ -48,14 +48,99 @@ impl InboxStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut w = self.write_conn().await;
+        let pending = Pending::All;
         if events.len() <= INSERT_CHUNK {
             // One multi-row INSERT is atomic on its own: no BEGIN / COMMIT round trips.
-            return insert_events(&mut w, &events).await;
+            return insert_events(&mut w, &events, pending).await;
         }
         let mut tx = begin_immediate(&mut w).await?;
-        let out = insert_events(&mut tx, &events).await?;
+        let out = insert_events(&mut tx, &events, pending).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
+    }
+
+    async fn inbox_insert_processed(
+        &self,
+        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<InsertProcessed> {
+        if events.is_empty() {
+            return Ok(InsertProcessed::default());
+        }
+        let (news, mut results): (Vec<NewInboxEvent>, Vec<Option<EventResult>>) =
+            events.into_iter().unzip();
+        let now_us = ts(&now);
+        let until = now_us.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let mut w = self.write_conn().await;
+        let mut tx = begin_immediate(&mut w).await?;
+        // Per-call order: a call with older unfinished events leaves its new ones to the
+        // processor (which hands them out after the older ones).
+        let blocked = calls_with_unfinished(&mut tx, &news).await?;
+        let claim: Vec<bool> = news
+            .iter()
+            .zip(&results)
+            .map(|(e, r)| {
+                r.is_some()
+                    && e.call_id
+                        .is_none_or(|c| !blocked.contains(&(e.app_id.0.to_string(), c.as_i64())))
+            })
+            .collect();
+        let outcomes = insert_events(&mut tx, &news, Pending::Except(&claim, until)).await?;
+        // Claimed and new: complete them as attempt 1, in event-time order (the order a claim
+        // would hand them out in).
+        let mut order: Vec<usize> = (0..news.len())
+            .filter(|&i| claim[i] && outcomes[i] == InsertOutcome::Inserted(news[i].id))
+            .collect();
+        order.sort_by_key(|&i| {
+            let e = &news[i];
+            (
+                e.event_timestamp
+                    .unwrap_or_else(|| e.received_at.timestamp_millis()),
+                i,
+            )
+        });
+        let items: Vec<Completion> = order
+            .iter()
+            .filter_map(|&i| {
+                results[i].take().map(|result| Completion {
+                    event_id: news[i].id,
+                    attempt: 1,
+                    result,
+                })
+            })
+            .collect();
+        let done = complete_set(&mut tx, &items, now).await?;
+        let mut processed = vec![false; news.len()];
+        let mut published = Vec::new();
+        for ((&i, item), result) in order.iter().zip(&items).zip(done) {
+            match result {
+                Ok(p) => {
+                    processed[i] = true;
+                    published.extend(p);
+                }
+                // The processor retries it (attempt 1 is spent, as after a failed claim).
+                Err(e) => {
+                    sqlx::query(
+                        "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
+                         next_attempt_at = ?2, locked_until = NULL WHERE id = ?3",
+                    )
+                    .bind(e.to_string())
+                    .bind(now_us)
+                    .bind(item.event_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        published.sort_by_key(|p| (p.app_id.0, p.seq));
+        Ok(InsertProcessed {
+            outcomes,
+            processed,
+            published,
+        })
     }
 
     async fn inbox_claim(
@@ -337,16 +422,19 @@ impl InboxStore for SqliteStore {
 async fn insert_events(
     conn: &mut SqliteConnection,
     events: &[NewInboxEvent],
+    pending: Pending<'_>,
 ) -> StoreResult<Vec<InsertOutcome>> {
     let mut fresh_ranges: Vec<(i64, i64)> = Vec::new();
     let mut inserted = 0usize;
-    for chunk in events.chunks(INSERT_CHUNK) {
+    for (c, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
-             event_timestamp, payload, next_attempt_at, received_at) ",
+             event_timestamp, payload, next_attempt_at, received_at, status, attempts, \
+             locked_until) ",
         );
-        q.push_values(chunk, |mut row, e| {
+        q.push_values(chunk.iter().enumerate(), |mut row, (j, e)| {
             let received = ts(&e.received_at);
+            let claimed = pending.claimed(c * INSERT_CHUNK + j);
             row.push_bind(e.id.to_string())
                 .push_bind(e.app_id.0.to_string())
                 .push_bind(e.dedupe_key.clone())
@@ -356,7 +444,14 @@ async fn insert_events(
                 .push_bind(e.event_timestamp)
                 .push_bind(e.payload.as_str())
                 .push_bind(received)
-                .push_bind(received);
+                .push_bind(received)
+                .push_bind(if claimed.is_some() {
+                    "processing"
+                } else {
+                    "pending"
+                })
+                .push_bind(i64::from(claimed.is_some()))
+                .push_bind(claimed);
         });
         // Rows are inserted in order, so a key repeated in the batch keeps its first event.
         q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
@@ -412,6 +507,58 @@ async fn insert_events(
             }
         };
         out.push(outcome);
+    }
+    Ok(out)
+}
+
+/// Which events [`insert_events`] stores already claimed (`processing`, attempt 1).
+#[derive(Clone, Copy)]
+enum Pending<'a> {
+    /// None: every event is `pending`.
+    All,
+    /// Those flagged, with this lease expiry (µs); the others are `pending`.
+    Except(&'a [bool], i64),
+}
+
+impl Pending<'_> {
+    /// The lease expiry of event `i` if it is stored claimed.
+    fn claimed(self, i: usize) -> Option<i64> {
+        match self {
+            Pending::All => None,
+            Pending::Except(flags, until) => {
+                flags.get(i).copied().unwrap_or(false).then_some(until)
+            }
+        }
+    }
+}
+
+/// The `(app_id, call_id)` pairs of `events` that have an unfinished event in the inbox.
+async fn calls_with_unfinished(
+    conn: &mut SqliteConnection,
+    events: &[NewInboxEvent],
+) -> StoreResult<std::collections::HashSet<(String, i64)>> {
+    let keys: BTreeSet<(String, i64)> = events
+        .iter()
+        .filter_map(|e| e.call_id.map(|c| (e.app_id.0.to_string(), c.as_i64())))
+        .collect();
+    let mut out = std::collections::HashSet::new();
+    let keys: Vec<_> = keys.into_iter().collect();
+    for chunk in keys.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT DISTINCT w.app_id, w.call_id FROM (");
+        q.push_values(chunk, |mut row, (app, call)| {
+            row.push_bind(app.clone()).push_bind(*call);
+        });
+        q.push(
+            ") v JOIN webhook_events w INDEXED BY webhook_events_call_unfinished \
+             ON w.app_id = v.column1 AND w.call_id = v.column2 \
+             WHERE w.status IN ('pending', 'failed', 'processing')",
+        );
+        for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+            out.insert((
+                r.try_get("app_id").map_err(map_err)?,
+                r.try_get("call_id").map_err(map_err)?,
+            ));
+        }
     }
     Ok(out)
 }
