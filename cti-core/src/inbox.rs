@@ -1186,7 +1186,7 @@ async fn insert_writer(
 /// processor for what is left pending.
 async fn write_batch(cti: &Cti, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>> {
     let inner = &cti.inner;
-    if !inner.config.inline_processing {
+    if !inner.config.inline_processing || !inner.store.processes_inline() {
         let outcomes = inner.store.inbox_insert(events).await?;
         if outcomes.iter().any(|o| !o.is_duplicate()) {
             inner.wake.notify_one();

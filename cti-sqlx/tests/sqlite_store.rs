@@ -535,3 +535,117 @@ async fn a_failed_complete_changes_nothing_and_keeps_the_lease() {
     assert!(s.ping().await.is_ok());
     assert_eq!(s.backend(), "sqlite");
 }
+
+/// The `Apply` result of a ringing event of `call` at `ms`.
+fn ringing(call: u64, ms: i64) -> EventResult {
+    use cti_core::normalize::{CallUpdate, CtiEvent, Normalized};
+    EventResult::Apply(Box::new(Normalized {
+        event: CtiEvent::CallRinging,
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(call)),
+            status: Some(CallStatus::Ringing),
+            event_ms: ms,
+            ..Default::default()
+        }),
+        voicemail: None,
+        message: None,
+    }))
+}
+
+#[tokio::test]
+async fn inline_processing_keeps_per_call_order_and_skips_duplicates() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    let app = s
+        .create_app(new_app("inline", "1"), AuditContext::default())
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    // Call 1 already has an unfinished event: its new events must wait for the processor.
+    let older = ev(app.id, "a", Some(1), Some(1), t0());
+    s.inbox_insert(vec![older.clone()]).await.unwrap();
+
+    let b = ev(app.id, "b", Some(1), Some(2), t0() + ms(1));
+    let c = ev(app.id, "c", Some(2), Some(3), t0() + ms(2));
+    let c_again = ev(app.id, "c", Some(2), Some(3), t0() + ms(3));
+    let sms = ev(app.id, "d", None, None, t0() + ms(4));
+    let done = s
+        .inbox_insert_processed(
+            vec![
+                (b.clone(), Some(ringing(1, 2))),
+                (c.clone(), Some(ringing(2, 3))),
+                (c_again.clone(), Some(ringing(2, 3))),
+                (
+                    sms.clone(),
+                    Some(EventResult::Ignored("ignored: test".into())),
+                ),
+            ],
+            lease,
+            t0() + ms(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done.outcomes,
+        vec![
+            InsertOutcome::Inserted(b.id),
+            InsertOutcome::Inserted(c.id),
+            InsertOutcome::Duplicate(c.id),
+            InsertOutcome::Inserted(sms.id),
+        ]
+    );
+    assert_eq!(done.processed, vec![false, true, false, true]);
+    // Call 2 was applied and published in the insert's transaction; call 1 was not touched.
+    assert_eq!(done.published.len(), 1);
+    assert_eq!(done.published[0].event, "call.ring");
+    let call2 = s
+        .get_call_by_dialpad_id(app.id, DialpadId(2))
+        .await
+        .unwrap();
+    assert_eq!(call2.map(|c| c.status), Some(CallStatus::Ringing));
+    assert!(
+        s.get_call_by_dialpad_id(app.id, DialpadId(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let status = |id| {
+        let s = s.clone();
+        async move { s.inbox_get(None, id).await.unwrap().unwrap() }
+    };
+    let (eb, ec, ed) = (status(b.id).await, status(c.id).await, status(sms.id).await);
+    assert_eq!((eb.status, eb.attempts), (EventStatus::Pending, 0));
+    assert_eq!((ec.status, ec.attempts), (EventStatus::Done, 1));
+    assert_eq!(ed.status, EventStatus::Ignored);
+    // The processor then hands out call 1's events oldest first, one per claim.
+    let claimed = s.inbox_claim(10, lease, t0() + ms(6)).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![older.id]
+    );
+}
+
+#[tokio::test]
+async fn failed_inline_processing_stores_nothing() {
+    let s = SqliteStore::open_temporary().await.unwrap();
+    // No app row: applying the call fails on its foreign key, inside the transaction.
+    let ghost = AppId::new();
+    let e = ev(ghost, "k", Some(7), Some(1), t0());
+    let err = s
+        .inbox_insert_processed(
+            vec![(e.clone(), Some(ringing(7, 1)))],
+            Duration::from_secs(30),
+            t0(),
+        )
+        .await;
+    assert!(err.is_err());
+    assert!(
+        s.inbox_get(None, e.id).await.unwrap().is_none(),
+        "insert rolled back"
+    );
+    // The facade's fallback: a plain insert leaves it to the processor.
+    s.inbox_insert(vec![e.clone()]).await.unwrap();
+    assert_eq!(
+        s.inbox_get(None, e.id).await.unwrap().unwrap().status,
+        EventStatus::Pending
+    );
+}

@@ -181,9 +181,10 @@ pub trait InboxStore: Send + Sync {
     /// still has an older unfinished event, in which case it stays `pending` for the processor
     /// (per-call order). Saves the claim and completion transactions of the common case.
     ///
-    /// The default only inserts (every new event stays `pending`); a store overrides it when
-    /// it can do both in one transaction. If the override fails, the caller falls back to
-    /// [`InboxStore::inbox_insert`], so an event is never lost to a processing problem.
+    /// The default only inserts (every new event stays `pending`); a store overrides it (and
+    /// [`InboxStore::processes_inline`]) when it can do both in one transaction. If the
+    /// override fails, the caller falls back to [`InboxStore::inbox_insert`], so an event is
+    /// never lost to a processing problem.
     async fn inbox_insert_processed(
         &self,
         events: Vec<(NewInboxEvent, Option<EventResult>)>,
@@ -199,6 +200,12 @@ pub trait InboxStore: Send + Sync {
             processed,
             published: Vec::new(),
         })
+    }
+
+    /// `true` when [`InboxStore::inbox_insert_processed`] processes events (callers skip
+    /// normalising at ingest otherwise). Default `false`.
+    fn processes_inline(&self) -> bool {
+        false
     }
 
     /// Claims up to `limit` due events (`pending`, or `failed` with `next_attempt_at <= now`,

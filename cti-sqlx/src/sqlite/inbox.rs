@@ -59,6 +59,10 @@ impl InboxStore for SqliteStore {
         Ok(out)
     }
 
+    fn processes_inline(&self) -> bool {
+        true
+    }
+
     async fn inbox_insert_processed(
         &self,
         events: Vec<(NewInboxEvent, Option<EventResult>)>,
