@@ -359,7 +359,14 @@ struct Inner {
     wake: Notify,
     insert_tx: mpsc::Sender<(NewInboxEvent, InsertReply)>,
     insert_rx: Mutex<Option<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>,
+    /// Events this process committed, handed to its relay without a read of the outbox
+    /// (bounded; when full, the relay reads them from the store after the bus wake-up).
+    published_tx: mpsc::Sender<Vec<PublishedEvent>>,
+    published_rx: Mutex<Option<mpsc::Receiver<Vec<PublishedEvent>>>>,
 }
+
+/// Batches of committed events queued for this process's relay.
+const LOCAL_PUBLISH_QUEUE: usize = 1024;
 
 /// The embeddable CTI engine. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -409,6 +416,7 @@ impl CtiBuilder {
     pub fn build(self) -> Cti {
         let config = self.config;
         let (tx, rx) = mpsc::channel(config.ingest_batch.max(1) * 64);
+        let (published_tx, published_rx) = mpsc::channel(LOCAL_PUBLISH_QUEUE);
         let hasher = KeyHasher::new(
             config
                 .api_key_pepper
@@ -429,6 +437,8 @@ impl CtiBuilder {
                 wake: Notify::new(),
                 insert_tx: tx,
                 insert_rx: Mutex::new(Some(rx)),
+                published_tx,
+                published_rx: Mutex::new(Some(published_rx)),
                 config,
             }),
         }
@@ -1025,15 +1035,12 @@ impl Cti {
             .collect();
         let now = inner.clock.now();
         let results = inner.store.inbox_complete_batch(items, now).await;
-        let mut heads: HashMap<AppId, u64> = HashMap::new();
+        let mut all = Vec::new();
         for (e, result) in claimed.iter().zip(results) {
             match result {
                 Ok(published) => {
-                    if let Some(last) = published.last() {
-                        let head = heads.entry(e.app_id).or_default();
-                        *head = (*head).max(last.seq);
-                    }
                     tracing::debug!(event_id = %e.id, app_id = %e.app_id, published = published.len(), "event processed");
+                    all.extend(published);
                 }
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!(event_id = %e.id, "lease lost; another worker owns the event");
@@ -1041,12 +1048,37 @@ impl Cti {
                 Err(err) => self.record_failure(e, &err, now).await,
             }
         }
+        self.announce(all).await;
+        Ok(n)
+    }
+
+    /// Hands committed events to this process's relay (no outbox read) and tells every
+    /// instance's relay, over the bus, the newest sequence number of each app.
+    async fn announce(&self, mut published: Vec<PublishedEvent>) {
+        if published.is_empty() {
+            return;
+        }
+        published.sort_by_key(|p| (p.app_id.0, p.seq));
+        let mut heads: Vec<(AppId, u64)> = Vec::new();
+        for p in &published {
+            match heads.last_mut() {
+                Some((app, seq)) if *app == p.app_id => *seq = p.seq,
+                _ => heads.push((p.app_id, p.seq)),
+            }
+        }
+        // Before the bus signal, so the relay finds the events before it would read them.
+        // A full queue only costs the relay a read.
+        let _ = self.inner.published_tx.try_send(published);
         for (app_id, seq) in heads {
-            if let Err(err) = inner.bus.notify(BusSignal::Events { app_id, seq }).await {
+            if let Err(err) = self
+                .inner
+                .bus
+                .notify(BusSignal::Events { app_id, seq })
+                .await
+            {
                 tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
             }
         }
-        Ok(n)
     }
 
     /// Marks a failed attempt `failed` (with backoff) or `dead` after the last attempt.
@@ -1073,15 +1105,19 @@ impl Cti {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_notify = Arc::new(Notify::new());
         let mut tasks = Vec::new();
+        // Writers (which process inline) and workers wait until the relay has read the outbox
+        // heads, so nothing committed after start-up can be mistaken for "already delivered".
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         if let Some(rx) = self.inner.insert_rx.lock().take() {
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             for _ in 0..self.inner.config.ingest_writers.max(1) {
-                tasks.push(tokio::spawn(insert_writer(self.clone(), rx.clone())));
+                tasks.push(tokio::spawn(insert_writer(
+                    self.clone(),
+                    rx.clone(),
+                    ready_rx.clone(),
+                )));
             }
         }
-        // Workers wait until the relay has read the outbox heads, so nothing committed after
-        // start-up can be mistaken for "already delivered".
-        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for _ in 0..self.inner.config.processor.workers.max(1) {
             workers.push(tokio::spawn(worker(
@@ -1096,6 +1132,7 @@ impl Cti {
             self.inner.hub.clone(),
             self.inner.config.relay_poll,
             RelayHooks { cti: self.clone() },
+            self.inner.published_rx.lock().take(),
             stop_notify.clone(),
             ready_tx,
         )));
@@ -1147,7 +1184,11 @@ impl RelayHooks {
 async fn insert_writer(
     cti: Cti,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>,
+    mut ready: tokio::sync::watch::Receiver<bool>,
 ) {
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
     let max = cti.inner.config.ingest_batch.max(1);
     loop {
         let mut batch = Vec::new();
@@ -1223,16 +1264,7 @@ async fn write_batch(cti: &Cti, events: Vec<NewInboxEvent>) -> StoreResult<Vec<I
     if left {
         inner.wake.notify_one();
     }
-    let mut heads: HashMap<AppId, u64> = HashMap::new();
-    for p in &done.published {
-        let head = heads.entry(p.app_id).or_default();
-        *head = (*head).max(p.seq);
-    }
-    for (app_id, seq) in heads {
-        if let Err(err) = inner.bus.notify(BusSignal::Events { app_id, seq }).await {
-            tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
-        }
-    }
+    cti.announce(done.published).await;
     Ok(done.outcomes)
 }
 

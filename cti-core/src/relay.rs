@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::fanout::{BusSignal, EventBus, Hub};
 use crate::inbox::RelayHooks;
 use crate::model::AppId;
-use crate::store::{Store, StoreResult};
+use crate::store::{PublishedEvent, Store, StoreResult};
 
 const PAGE: usize = 512;
 
@@ -27,6 +27,38 @@ struct Cursors {
 }
 
 impl Cursors {
+    /// Delivers a batch this process committed (sorted by app, then `seq`): the events that
+    /// directly follow an app's cursor go to the hub as they are; an app whose batch does not
+    /// start right after its cursor (another writer's or instance's events came first and are
+    /// not delivered yet) is caught up from the store instead.
+    async fn deliver(&mut self, batch: Vec<PublishedEvent>) -> StoreResult<()> {
+        let mut rest = batch.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let app = first.app_id;
+            let mut events = vec![first];
+            while let Some(e) = rest.next_if(|e| e.app_id == app) {
+                events.push(e);
+            }
+            let cursor = self.at.get(&app).copied().unwrap_or(0);
+            events.retain(|e| e.seq > cursor);
+            let contiguous = events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == cursor + 1 + i as u64);
+            if !contiguous {
+                self.catch_up(app).await?;
+                continue;
+            }
+            if let Some(last) = events.last() {
+                self.at.insert(app, last.seq);
+            }
+            for e in events {
+                self.hub.publish(Arc::new(e));
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers every event of `app` after its cursor.
     async fn catch_up(&mut self, app: AppId) -> StoreResult<()> {
         let mut cursor = self.at.get(&app).copied().unwrap_or(0);
@@ -61,6 +93,7 @@ pub(crate) async fn run(
     hub: Hub,
     poll: Duration,
     hooks: RelayHooks,
+    mut local: Option<mpsc::Receiver<Vec<PublishedEvent>>>,
     stop: Arc<Notify>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
@@ -91,7 +124,10 @@ pub(crate) async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let res = tokio::select! {
+            // Local batches first: they were queued before their bus signal.
+            biased;
             _ = stop.notified() => return,
+            Some(batch) = recv_local(&mut local) => cursors.deliver(batch).await,
             _ = ticker.tick() => cursors.resync().await,
             sig = rx.recv() => match sig {
                 Ok(BusSignal::Events { app_id, seq }) => {
@@ -121,5 +157,136 @@ pub(crate) async fn run(
         if let Err(e) = res {
             tracing::warn!(error = %e, "relay read failed; will retry");
         }
+    }
+}
+
+/// The next local batch; never ready without a local queue (or once it is closed).
+async fn recv_local(
+    local: &mut Option<mpsc::Receiver<Vec<PublishedEvent>>>,
+) -> Option<Vec<PublishedEvent>> {
+    match local {
+        Some(rx) => match rx.recv().await {
+            Some(batch) => Some(batch),
+            None => {
+                *local = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::Delivery;
+    use crate::model::{AuditContext, CallStatus, DialpadId};
+    use crate::normalize::{CallUpdate, CtiEvent, Normalized};
+    use crate::store::{
+        AppStore, Completion, EventResult, InboxStore, MemoryStore, NewApp, NewInboxEvent, NewKey,
+    };
+
+    /// Three committed events of one app (seq 1, 2, 3) and the store holding them.
+    async fn three_events() -> (Arc<MemoryStore>, AppId, Vec<PublishedEvent>) {
+        let store = Arc::new(MemoryStore::new());
+        let now = chrono::Utc::now();
+        let app = AppId::new();
+        store
+            .create_app(
+                NewApp {
+                    id: app,
+                    name: "relay".into(),
+                    key: NewKey {
+                        lookup: "0".repeat(64),
+                        hint: "raw_0...0".into(),
+                    },
+                    now,
+                },
+                AuditContext::default(),
+            )
+            .await
+            .unwrap();
+        let mut published = Vec::new();
+        for call in 1..=3u64 {
+            let e = NewInboxEvent {
+                id: uuid::Uuid::now_v7(),
+                app_id: app,
+                dedupe_key: format!("k{call}"),
+                event_type: None,
+                call_id: Some(DialpadId(call)),
+                state: None,
+                event_timestamp: None,
+                payload: crate::json::JsonText::assume_valid("{}"),
+                received_at: now,
+            };
+            store.inbox_insert(vec![e]).await.unwrap();
+            let claimed = store
+                .inbox_claim(1, Duration::from_secs(30), now)
+                .await
+                .unwrap();
+            let n = Normalized {
+                event: CtiEvent::CallRinging,
+                call: Some(CallUpdate {
+                    dialpad_call_id: Some(DialpadId(call)),
+                    status: Some(CallStatus::Ringing),
+                    event_ms: 1,
+                    ..Default::default()
+                }),
+                voicemail: None,
+                message: None,
+            };
+            let item = Completion {
+                event_id: claimed[0].id,
+                attempt: claimed[0].attempts,
+                result: EventResult::Apply(Box::new(n)),
+            };
+            let mut out = store.inbox_complete_batch(vec![item], now).await;
+            published.extend(out.remove(0).unwrap());
+        }
+        assert_eq!(
+            published.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        (store, app, published)
+    }
+
+    async fn seqs(sub: &mut crate::fanout::Subscription, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            match tokio::time::timeout(Duration::from_secs(1), sub.recv()).await {
+                Ok(Some(Delivery::Event(e))) => out.push(e.seq),
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn local_batches_are_delivered_in_order_and_gaps_read_from_the_store() {
+        let (store, app, published) = three_events().await;
+        let hub = Hub::new();
+        let mut sub = hub.subscribe(app, None, 16);
+        let mut cursors = Cursors {
+            store,
+            hub: hub.clone(),
+            at: HashMap::new(),
+        };
+        // Seq 3 alone: 1 and 2 were not delivered yet, so the relay reads them.
+        cursors.deliver(vec![published[2].clone()]).await.unwrap();
+        assert_eq!(seqs(&mut sub, 3).await, [1, 2, 3]);
+        // Already delivered: nothing again.
+        cursors.deliver(published.clone()).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), sub.recv())
+                .await
+                .is_err()
+        );
+        assert_eq!(cursors.at.get(&app), Some(&3));
+        // A batch that follows the cursor is published as it is (seq 4 is not in the store:
+        // only the batch itself can have delivered it).
+        let mut next = published[2].clone();
+        next.seq = 4;
+        cursors.deliver(vec![next]).await.unwrap();
+        assert_eq!(seqs(&mut sub, 1).await, [4]);
     }
 }
