@@ -1127,10 +1127,12 @@ impl Cti {
             )));
         }
         tasks.push(tokio::spawn(crate::relay::run(
-            self.inner.store.clone(),
-            self.inner.bus.clone(),
-            self.inner.hub.clone(),
-            self.inner.config.relay_poll,
+            crate::relay::RelayParts {
+                store: self.inner.store.clone(),
+                bus: self.inner.bus.clone(),
+                hub: self.inner.hub.clone(),
+                poll: self.inner.config.relay_poll,
+            },
             RelayHooks { cti: self.clone() },
             self.inner.published_rx.lock().take(),
             stop_notify.clone(),

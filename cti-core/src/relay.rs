@@ -86,17 +86,32 @@ impl Cursors {
     }
 }
 
+/// What a relay reads from and delivers to.
+pub(crate) struct RelayParts {
+    /// The outbox.
+    pub(crate) store: Arc<dyn Store>,
+    /// Wake-ups from every instance.
+    pub(crate) bus: Arc<dyn EventBus>,
+    /// Local subscribers.
+    pub(crate) hub: Hub,
+    /// Fallback poll interval.
+    pub(crate) poll: Duration,
+}
+
 /// Runs until `stop` is notified.
 pub(crate) async fn run(
-    store: Arc<dyn Store>,
-    bus: Arc<dyn EventBus>,
-    hub: Hub,
-    poll: Duration,
+    parts: RelayParts,
     hooks: RelayHooks,
     mut local: Option<mpsc::Receiver<Vec<PublishedEvent>>>,
     stop: Arc<Notify>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
+    let RelayParts {
+        store,
+        bus,
+        hub,
+        poll,
+    } = parts;
     let mut rx = bus.subscribe();
     // Start from the current heads: only events committed from now on are live.
     let mut cursors = Cursors {
