@@ -19,6 +19,7 @@ use cti_core::model::*;
 use cti_core::normalize::Normalized;
 use cti_core::normalize::apply::call_key;
 use cti_core::store::*;
+use uuid::Uuid;
 
 /// A record key: `(app, Dialpad id)`.
 pub(crate) type Key = (AppId, DialpadId);
@@ -290,4 +291,88 @@ pub(crate) fn qualified(cols: &str, alias: &str) -> String {
         .map(|c| format!("{alias}.{0} AS {0}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The bookkeeping of inline processing (`inbox_insert_processed`) shared by both backends:
+/// which events to store claimed, the completions to run, and the final report.
+pub(crate) mod inline {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Events to store claimed (`processing`, attempt 1): those with a result whose call has no
+    /// unfinished event in the inbox (`blocked`).
+    pub(crate) fn claims(
+        events: &[NewInboxEvent],
+        results: &[Option<EventResult>],
+        blocked: &HashSet<Key>,
+    ) -> Vec<bool> {
+        events
+            .iter()
+            .zip(results)
+            .map(|(e, r)| {
+                r.is_some() && e.call_id.is_none_or(|c| !blocked.contains(&(e.app_id, c)))
+            })
+            .collect()
+    }
+
+    /// The completions of the events stored claimed and new, in event-time order (the order a
+    /// claim would hand them out in), with their positions in the batch.
+    pub(crate) fn completions(
+        events: &[NewInboxEvent],
+        results: &mut [Option<EventResult>],
+        claim: &[bool],
+        outcomes: &[InsertOutcome],
+    ) -> (Vec<usize>, Vec<Completion>) {
+        let mut order: Vec<usize> = (0..events.len())
+            .filter(|&i| claim[i] && outcomes[i] == InsertOutcome::Inserted(events[i].id))
+            .collect();
+        order.sort_by_key(|&i| {
+            let e = &events[i];
+            let at = e
+                .event_timestamp
+                .unwrap_or_else(|| e.received_at.timestamp_millis());
+            (at, i)
+        });
+        order.retain(|&i| results[i].is_some());
+        let items = order
+            .iter()
+            .filter_map(|&i| {
+                results[i].take().map(|result| Completion {
+                    event_id: events[i].id,
+                    attempt: 1,
+                    result,
+                })
+            })
+            .collect();
+        (order, items)
+    }
+
+    /// The report: what was processed and published; `failed` gets the items whose completion
+    /// failed (the caller marks them `failed` for the processor to retry).
+    pub(crate) fn report(
+        outcomes: Vec<InsertOutcome>,
+        order: &[usize],
+        items: &[Completion],
+        done: Vec<StoreResult<Vec<PublishedEvent>>>,
+        failed: &mut Vec<(Uuid, String)>,
+    ) -> InsertProcessed {
+        let mut processed = vec![false; outcomes.len()];
+        let mut published = Vec::new();
+        for ((&i, item), result) in order.iter().zip(items).zip(done) {
+            match result {
+                Ok(p) => {
+                    processed[i] = true;
+                    published.extend(p);
+                }
+                Err(e) => failed.push((item.event_id, e.to_string())),
+            }
+        }
+        published.sort_by_key(|p| (p.app_id.0, p.seq));
+        InsertProcessed {
+            outcomes,
+            processed,
+            published,
+        }
+    }
 }

@@ -81,70 +81,27 @@ impl InboxStore for SqliteStore {
         // Per-call order: a call with older unfinished events leaves its new ones to the
         // processor (which hands them out after the older ones).
         let blocked = calls_with_unfinished(&mut tx, &news).await?;
-        let claim: Vec<bool> = news
-            .iter()
-            .zip(&results)
-            .map(|(e, r)| {
-                r.is_some()
-                    && e.call_id
-                        .is_none_or(|c| !blocked.contains(&(e.app_id.0.to_string(), c.as_i64())))
-            })
-            .collect();
+        let claim = batch::inline::claims(&news, &results, &blocked);
         let outcomes = insert_events(&mut tx, &news, Pending::Except(&claim, until)).await?;
-        // Claimed and new: complete them as attempt 1, in event-time order (the order a claim
-        // would hand them out in).
-        let mut order: Vec<usize> = (0..news.len())
-            .filter(|&i| claim[i] && outcomes[i] == InsertOutcome::Inserted(news[i].id))
-            .collect();
-        order.sort_by_key(|&i| {
-            let e = &news[i];
-            (
-                e.event_timestamp
-                    .unwrap_or_else(|| e.received_at.timestamp_millis()),
-                i,
-            )
-        });
-        let items: Vec<Completion> = order
-            .iter()
-            .filter_map(|&i| {
-                results[i].take().map(|result| Completion {
-                    event_id: news[i].id,
-                    attempt: 1,
-                    result,
-                })
-            })
-            .collect();
+        let (order, items) = batch::inline::completions(&news, &mut results, &claim, &outcomes);
         let done = complete_set(&mut tx, &items, now).await?;
-        let mut processed = vec![false; news.len()];
-        let mut published = Vec::new();
-        for ((&i, item), result) in order.iter().zip(&items).zip(done) {
-            match result {
-                Ok(p) => {
-                    processed[i] = true;
-                    published.extend(p);
-                }
-                // The processor retries it (attempt 1 is spent, as after a failed claim).
-                Err(e) => {
-                    sqlx::query(
-                        "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
-                         next_attempt_at = ?2, locked_until = NULL WHERE id = ?3",
-                    )
-                    .bind(e.to_string())
-                    .bind(now_us)
-                    .bind(item.event_id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                }
-            }
+        let mut failed = Vec::new();
+        let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
+        // The processor retries these (attempt 1 is spent, as after a failed claim).
+        for (id, error) in failed {
+            sqlx::query(
+                "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
+                 next_attempt_at = ?2, locked_until = NULL WHERE id = ?3",
+            )
+            .bind(error)
+            .bind(now_us)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        published.sort_by_key(|p| (p.app_id.0, p.seq));
-        Ok(InsertProcessed {
-            outcomes,
-            processed,
-            published,
-        })
+        Ok(report)
     }
 
     async fn inbox_claim(
@@ -540,17 +497,17 @@ impl Pending<'_> {
 async fn calls_with_unfinished(
     conn: &mut SqliteConnection,
     events: &[NewInboxEvent],
-) -> StoreResult<std::collections::HashSet<(String, i64)>> {
-    let keys: BTreeSet<(String, i64)> = events
+) -> StoreResult<std::collections::HashSet<batch::Key>> {
+    let keys: BTreeSet<(AppId, DialpadId)> = events
         .iter()
-        .filter_map(|e| e.call_id.map(|c| (e.app_id.0.to_string(), c.as_i64())))
+        .filter_map(|e| e.call_id.map(|c| (e.app_id, c)))
         .collect();
     let mut out = std::collections::HashSet::new();
     let keys: Vec<_> = keys.into_iter().collect();
     for chunk in keys.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT DISTINCT w.app_id, w.call_id FROM (");
         q.push_values(chunk, |mut row, (app, call)| {
-            row.push_bind(app.clone()).push_bind(*call);
+            row.push_bind(app.0.to_string()).push_bind(call.as_i64());
         });
         q.push(
             ") v JOIN webhook_events w INDEXED BY webhook_events_call_unfinished \
@@ -558,9 +515,11 @@ async fn calls_with_unfinished(
              WHERE w.status IN ('pending', 'failed', 'processing')",
         );
         for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+            let app: String = r.try_get("app_id").map_err(map_err)?;
+            let call: i64 = r.try_get("call_id").map_err(map_err)?;
             out.insert((
-                r.try_get("app_id").map_err(map_err)?,
-                r.try_get("call_id").map_err(map_err)?,
+                AppId(common::uuid_from_text("app_id", &app)?),
+                common::dialpad_id("call_id", call)?,
             ));
         }
     }
