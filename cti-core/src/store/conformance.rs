@@ -30,7 +30,7 @@ macro_rules! store_conformance_tests {
             apps_and_keys, concurrent_key_rotation, legacy_key_backfill, tenant_isolation,
             inbox_dedupe_per_tenant, claim_lease_and_expiry, retry_backoff_dead_letter_redrive,
             per_call_ordering, concurrent_claims_are_exclusive, complete_applies_and_publishes,
-            complete_batch,
+            complete_batch, insert_processed,
             call_pagination_and_filters, message_and_voicemail_queries, mappings,
             dialpad_connections_webhooks_subscriptions, purge_and_retention);
     };
@@ -1608,4 +1608,90 @@ pub async fn purge_and_retention(s: Arc<dyn Store>) {
     assert_eq!(s.oldest_event_seq(a.id).await.unwrap(), Some(2));
     assert_eq!(s.events_since(a.id, 0, 10).await.unwrap().len(), 1);
     assert_eq!(s.event_heads().await.unwrap(), vec![(a.id, 2)]);
+}
+
+/// `inbox_insert_processed`: a store that processes inline completes new events in event-time
+/// order, except those of a call with an older unfinished event and duplicates; the default
+/// only inserts (everything new stays pending).
+pub async fn insert_processed(s: Arc<dyn Store>) {
+    let a = new_app(&s, "A", "a").await;
+    let lease = Duration::from_secs(30);
+    // Call 1 already has an unfinished event.
+    let older = ev(a.id, "a", Some(1), Some(1), t0());
+    s.inbox_insert(vec![older.clone()]).await.unwrap();
+    let b = ev(a.id, "b", Some(1), Some(2), t0() + secs(1));
+    let c = ev(a.id, "c", Some(2), Some(4), t0() + secs(2));
+    let c_again = ev(a.id, "c", Some(2), Some(4), t0() + secs(3));
+    let c_earlier = ev(a.id, "c0", Some(2), Some(3), t0() + secs(3));
+    let sms = ev(a.id, "d", None, None, t0() + secs(4));
+    let ring =
+        |call, ms| EventResult::Apply(Box::new(call_norm(CtiEvent::CallRinging, call, ms, None)));
+    let started = EventResult::Apply(Box::new(call_norm(CtiEvent::CallStarted, 2, 4, None)));
+    let done = s
+        .inbox_insert_processed(
+            vec![
+                (b.clone(), Some(ring(1, 2))),
+                (c.clone(), Some(started)),
+                (c_again.clone(), Some(ring(2, 4))),
+                (c_earlier.clone(), Some(ring(2, 3))),
+                (
+                    sms.clone(),
+                    Some(EventResult::Ignored("ignored: test".into())),
+                ),
+            ],
+            lease,
+            t0() + secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done.outcomes,
+        vec![
+            InsertOutcome::Inserted(b.id),
+            InsertOutcome::Inserted(c.id),
+            InsertOutcome::Duplicate(c.id),
+            InsertOutcome::Inserted(c_earlier.id),
+            InsertOutcome::Inserted(sms.id),
+        ]
+    );
+    let status = |id: Uuid| {
+        let s = s.clone();
+        async move { s.inbox_get(None, id).await.unwrap().unwrap() }
+    };
+    if !s.processes_inline() {
+        assert_eq!(done.processed, vec![false; 5]);
+        assert!(done.published.is_empty());
+        for id in [b.id, c.id, c_earlier.id, sms.id] {
+            assert_eq!(status(id).await.status, EventStatus::Pending);
+        }
+        return;
+    }
+    assert_eq!(done.processed, vec![false, true, false, true, true]);
+    // Call 2's two events in event-time order (ring at 3, then started at 4), one seq each;
+    // call 1 untouched.
+    let published: Vec<(u64, &str)> = done
+        .published
+        .iter()
+        .map(|p| (p.seq, p.event.as_str()))
+        .collect();
+    assert_eq!(published, vec![(1, "call.ring"), (2, "call.started")]);
+    let call2 = s.get_call_by_dialpad_id(a.id, DialpadId(2)).await.unwrap();
+    assert_eq!(call2.map(|c| c.status), Some(CallStatus::Active));
+    assert!(
+        s.get_call_by_dialpad_id(a.id, DialpadId(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (eb, ec, ed) = (status(b.id).await, status(c.id).await, status(sms.id).await);
+    assert_eq!((eb.status, eb.attempts), (EventStatus::Pending, 0));
+    assert_eq!((ec.status, ec.attempts), (EventStatus::Done, 1));
+    assert_eq!(ed.status, EventStatus::Ignored);
+    assert_eq!(s.events_since(a.id, 0, 10).await.unwrap().len(), 2);
+    // The processor then hands out call 1's events oldest first.
+    let claimed = s.inbox_claim(10, lease, t0() + secs(6)).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![older.id]
+    );
 }

@@ -63,42 +63,55 @@ impl PgStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // PostgreSQL keeps microseconds: publish exactly the times it stores.
-        let now = now.round_subsecs(6);
         let mut tx = self.pool.begin().await.map_err(pg_err)?;
-        let applying_ids: Vec<Uuid> = items
-            .iter()
-            .filter(|c| matches!(c.result, EventResult::Apply(_)))
-            .map(|c| c.event_id)
-            .collect();
-        if !applying_ids.is_empty() {
-            sqlx::query(APP_LOCKS_SQL)
-                .bind(&applying_ids)
-                .execute(&mut *tx)
-                .await
-                .map_err(pg_err)?;
-        }
-        let held = finish(&mut tx, items, now).await?;
-        let (mut out, applying) = batch::split(items, &held);
-        if !applying.is_empty() {
-            let mut loaded = load(&mut tx, &applying).await?;
-            let plan = loop {
-                match batch::plan(&applying, &loaded, now)? {
-                    Ok(plan) => break plan,
-                    Err(user) => {
-                        let crm = read_users(&mut tx, &[user]).await?.remove(&user);
-                        loaded.crm_users.insert(user, crm);
-                    }
-                }
-            };
-            write(&mut tx, &plan, now).await?;
-            for (index, published) in plan.published {
-                out[index] = Ok(published);
-            }
-        }
+        let out = complete_in(&mut tx, items, now).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(out)
     }
+}
+
+/// [`PgStore::complete_set`] inside the caller's transaction (which commits it).
+pub(super) async fn complete_in(
+    tx: &mut PgConnection,
+    items: &[Completion],
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    // PostgreSQL keeps microseconds: publish exactly the times it stores.
+    let now = now.round_subsecs(6);
+    let applying_ids: Vec<Uuid> = items
+        .iter()
+        .filter(|c| matches!(c.result, EventResult::Apply(_)))
+        .map(|c| c.event_id)
+        .collect();
+    if !applying_ids.is_empty() {
+        sqlx::query(APP_LOCKS_SQL)
+            .bind(&applying_ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_err)?;
+    }
+    let held = finish(&mut *tx, items, now).await?;
+    let (mut out, applying) = batch::split(items, &held);
+    if !applying.is_empty() {
+        let mut loaded = load(&mut *tx, &applying).await?;
+        let plan = loop {
+            match batch::plan(&applying, &loaded, now)? {
+                Ok(plan) => break plan,
+                Err(user) => {
+                    let crm = read_users(&mut *tx, &[user]).await?.remove(&user);
+                    loaded.crm_users.insert(user, crm);
+                }
+            }
+        };
+        write(&mut *tx, &plan, now).await?;
+        for (index, published) in plan.published {
+            out[index] = Ok(published);
+        }
+    }
+    Ok(out)
 }
 
 async fn finish(

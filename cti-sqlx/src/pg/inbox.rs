@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cti_core::model::*;
 use cti_core::store::*;
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
@@ -112,135 +113,63 @@ impl InboxStore for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // First occurrence of each (app, dedupe_key) in the batch; later ones are duplicates of it.
-        let mut first: HashMap<(AppId, &str), usize> = HashMap::with_capacity(events.len());
-        let mut firsts: Vec<usize> = Vec::with_capacity(events.len());
-        let mut of: Vec<usize> = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            let idx = *first
-                .entry((e.app_id, e.dedupe_key.as_str()))
-                .or_insert_with(|| {
-                    firsts.push(i);
-                    i
-                });
-            of.push(idx);
+        let mut conn = self.pool.acquire().await.map_err(pg_err)?;
+        insert_in(&mut conn, &events, None).await
+    }
+
+    fn processes_inline(&self) -> bool {
+        true
+    }
+
+    async fn inbox_insert_processed(
+        &self,
+        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<InsertProcessed> {
+        if events.is_empty() {
+            return Ok(InsertProcessed::default());
         }
-        let k = firsts.len();
-        let (
-            mut ids,
-            mut apps,
-            mut keys,
-            mut types,
-            mut calls,
-            mut states,
-            mut stamps,
-            mut payloads,
-            mut received,
-        ) = (
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-            Vec::with_capacity(k),
-        );
-        for &i in &firsts {
-            let e = &events[i];
-            ids.push(e.id);
-            apps.push(e.app_id.0);
-            keys.push(e.dedupe_key.clone());
-            types.push(e.event_type.clone());
-            calls.push(e.call_id.map(DialpadId::as_i64));
-            states.push(e.state.clone());
-            stamps.push(e.event_timestamp);
-            payloads.push(e.payload.as_str());
-            received.push(e.received_at);
-        }
-        // One statement for the whole batch (one commit). WITH ORDINALITY keeps the batch order
-        // for `arrival`.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
-             event_timestamp, payload, status, attempts, next_attempt_at, received_at) \
-             SELECT u.id, u.app_id, u.dedupe_key, u.event_type, u.call_id, u.state, u.event_timestamp, \
-             u.payload, 'pending', 0, u.received_at, u.received_at \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-             $7::int8[], $8::text[]::jsonb[], $9::timestamptz[]) WITH ORDINALITY \
-             AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, received_at, ord) \
-             ORDER BY u.ord \
-             ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING id",
+        let (news, mut results): (Vec<NewInboxEvent>, Vec<Option<EventResult>>) =
+            events.into_iter().unzip();
+        let until = lease_until(now, lease);
+        let mut tx = self.pool.begin().await.map_err(pg_err)?;
+        // The apps' applier locks first (as every completion takes them): the per-call check
+        // below then sees every event an earlier applier of these apps committed.
+        let mut apps: Vec<Uuid> = news.iter().map(|e| e.app_id.0).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(l.k)) FROM ( \
+             SELECT DISTINCT hashtextextended('cti-app:' || a::text, 0) AS k \
+             FROM UNNEST($1::uuid[]) AS a ORDER BY 1) l",
         )
-        .bind(&ids)
         .bind(&apps)
-        .bind(&keys)
-        .bind(&types)
-        .bind(&calls)
-        .bind(&states)
-        .bind(&stamps)
-        .bind(&payloads)
-        .bind(&received)
-        .fetch_all(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(pg_err)?;
-        let inserted: HashSet<Uuid> = inserted.into_iter().collect();
-
-        // Resolve the ids of rows that already existed.
-        let mut resolved: HashMap<usize, Uuid> = HashMap::with_capacity(k);
-        let (mut dup_apps, mut dup_keys, mut dup_idx) = (Vec::new(), Vec::new(), Vec::new());
-        for &i in &firsts {
-            let e = &events[i];
-            if inserted.contains(&e.id) {
-                resolved.insert(i, e.id);
-            } else {
-                dup_apps.push(e.app_id.0);
-                dup_keys.push(e.dedupe_key.clone());
-                dup_idx.push(i);
-            }
-        }
-        if !dup_idx.is_empty() {
-            let rows = sqlx::query(
-                "SELECT w.id, w.app_id, w.dedupe_key FROM webhook_events w \
-                 JOIN UNNEST($1::uuid[], $2::text[]) AS u(app_id, dedupe_key) \
-                 ON w.app_id = u.app_id AND w.dedupe_key = u.dedupe_key",
+        let blocked = calls_with_unfinished(&mut tx, &news).await?;
+        let claim = batch::inline::claims(&news, &results, &blocked);
+        let outcomes = insert_in(&mut tx, &news, Some((&claim, until))).await?;
+        let (order, items) = batch::inline::completions(&news, &mut results, &claim, &outcomes);
+        let done = super::complete::complete_in(&mut tx, &items, now).await?;
+        let mut failed = Vec::new();
+        let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
+        // The processor retries these (attempt 1 is spent, as after a failed claim).
+        for (id, error) in failed {
+            sqlx::query(
+                "UPDATE webhook_events SET status = 'failed', last_error = $1, \
+                 next_attempt_at = $2, locked_until = NULL WHERE id = $3",
             )
-            .bind(&dup_apps)
-            .bind(&dup_keys)
-            .fetch_all(&self.pool)
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
             .await
             .map_err(pg_err)?;
-            let mut existing: HashMap<(Uuid, String), Uuid> = HashMap::with_capacity(rows.len());
-            for r in &rows {
-                existing.insert((col(r, "app_id")?, col(r, "dedupe_key")?), col(r, "id")?);
-            }
-            for (j, &i) in dup_idx.iter().enumerate() {
-                let id = existing
-                    .get(&(dup_apps[j], dup_keys[j].clone()))
-                    .copied()
-                    .ok_or_else(|| {
-                        // The conflicting row was purged between the two statements: let the
-                        // caller retry (Dialpad redelivers on a 5xx).
-                        StoreError::Unavailable("inbox row vanished during dedupe, retry".into())
-                    })?;
-                resolved.insert(i, id);
-            }
         }
-
-        let mut out = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            let src = of[i];
-            let id = resolved
-                .get(&src)
-                .copied()
-                .ok_or_else(|| StoreError::Backend("inbox insert: unresolved".into()))?;
-            if src == i && inserted.contains(&e.id) {
-                out.push(InsertOutcome::Inserted(id));
-            } else {
-                out.push(InsertOutcome::Duplicate(id));
-            }
-        }
-        Ok(out)
+        tx.commit().await.map_err(pg_err)?;
+        Ok(report)
     }
 
     async fn inbox_claim(
@@ -471,4 +400,187 @@ impl InboxStore for PgStore {
             .map_err(pg_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// Inserts `events` if absent on `(app_id, dedupe_key)` on `conn`; with `claim`, the flagged
+/// events are stored claimed (`processing`, attempt 1, leased until the given time).
+async fn insert_in(
+    conn: &mut PgConnection,
+    events: &[NewInboxEvent],
+    claim: Option<(&[bool], Timestamp)>,
+) -> StoreResult<Vec<InsertOutcome>> {
+    // First occurrence of each (app, dedupe_key) in the batch; later ones are duplicates of it.
+    let mut first: HashMap<(AppId, &str), usize> = HashMap::with_capacity(events.len());
+    let mut firsts: Vec<usize> = Vec::with_capacity(events.len());
+    let mut of: Vec<usize> = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let idx = *first
+            .entry((e.app_id, e.dedupe_key.as_str()))
+            .or_insert_with(|| {
+                firsts.push(i);
+                i
+            });
+        of.push(idx);
+    }
+    let k = firsts.len();
+    let mut statuses: Vec<&str> = Vec::with_capacity(k);
+    let mut attempts: Vec<i32> = Vec::with_capacity(k);
+    let mut leases: Vec<Option<Timestamp>> = Vec::with_capacity(k);
+    let (
+        mut ids,
+        mut apps,
+        mut keys,
+        mut types,
+        mut calls,
+        mut states,
+        mut stamps,
+        mut payloads,
+        mut received,
+    ) = (
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+    );
+    for &i in &firsts {
+        let e = &events[i];
+        ids.push(e.id);
+        apps.push(e.app_id.0);
+        keys.push(e.dedupe_key.clone());
+        types.push(e.event_type.clone());
+        calls.push(e.call_id.map(DialpadId::as_i64));
+        states.push(e.state.clone());
+        stamps.push(e.event_timestamp);
+        payloads.push(e.payload.as_str());
+        received.push(e.received_at);
+        let until = claim.and_then(|(flags, until)| flags[i].then_some(until));
+        statuses.push(if until.is_some() {
+            "processing"
+        } else {
+            "pending"
+        });
+        attempts.push(i32::from(until.is_some()));
+        leases.push(until);
+    }
+    // One statement for the whole batch (one commit). WITH ORDINALITY keeps the batch order
+    // for `arrival`.
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
+         event_timestamp, payload, status, attempts, next_attempt_at, received_at, \
+         locked_until) \
+         SELECT u.id, u.app_id, u.dedupe_key, u.event_type, u.call_id, u.state, u.event_timestamp, \
+         u.payload, u.status, u.attempts, u.received_at, u.received_at, u.locked_until \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+         $7::int8[], $8::text[]::jsonb[], $9::timestamptz[], $10::text[], $11::int4[], \
+         $12::timestamptz[]) WITH ORDINALITY \
+         AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, \
+         received_at, status, attempts, locked_until, ord) \
+         ORDER BY u.ord \
+         ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .bind(&keys)
+    .bind(&types)
+    .bind(&calls)
+    .bind(&states)
+    .bind(&stamps)
+    .bind(&payloads)
+    .bind(&received)
+    .bind(&statuses)
+    .bind(&attempts)
+    .bind(&leases)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(pg_err)?;
+    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+
+    // Resolve the ids of rows that already existed.
+    let mut resolved: HashMap<usize, Uuid> = HashMap::with_capacity(k);
+    let (mut dup_apps, mut dup_keys, mut dup_idx) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in &firsts {
+        let e = &events[i];
+        if inserted.contains(&e.id) {
+            resolved.insert(i, e.id);
+        } else {
+            dup_apps.push(e.app_id.0);
+            dup_keys.push(e.dedupe_key.clone());
+            dup_idx.push(i);
+        }
+    }
+    if !dup_idx.is_empty() {
+        let rows = sqlx::query(
+            "SELECT w.id, w.app_id, w.dedupe_key FROM webhook_events w \
+             JOIN UNNEST($1::uuid[], $2::text[]) AS u(app_id, dedupe_key) \
+             ON w.app_id = u.app_id AND w.dedupe_key = u.dedupe_key",
+        )
+        .bind(&dup_apps)
+        .bind(&dup_keys)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+        let mut existing: HashMap<(Uuid, String), Uuid> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            existing.insert((col(r, "app_id")?, col(r, "dedupe_key")?), col(r, "id")?);
+        }
+        for (j, &i) in dup_idx.iter().enumerate() {
+            let id = existing
+                .get(&(dup_apps[j], dup_keys[j].clone()))
+                .copied()
+                .ok_or_else(|| {
+                    // The conflicting row was purged between the two statements: let the
+                    // caller retry (Dialpad redelivers on a 5xx).
+                    StoreError::Unavailable("inbox row vanished during dedupe, retry".into())
+                })?;
+            resolved.insert(i, id);
+        }
+    }
+
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let src = of[i];
+        let id = resolved
+            .get(&src)
+            .copied()
+            .ok_or_else(|| StoreError::Backend("inbox insert: unresolved".into()))?;
+        if src == i && inserted.contains(&e.id) {
+            out.push(InsertOutcome::Inserted(id));
+        } else {
+            out.push(InsertOutcome::Duplicate(id));
+        }
+    }
+    Ok(out)
+}
+
+/// The `(app_id, call_id)` pairs of `events` that have an unfinished event in the inbox.
+async fn calls_with_unfinished(
+    conn: &mut PgConnection,
+    events: &[NewInboxEvent],
+) -> StoreResult<HashSet<batch::Key>> {
+    let (apps, calls): (Vec<Uuid>, Vec<i64>) = events
+        .iter()
+        .filter_map(|e| e.call_id.map(|c| (e.app_id.0, c.as_i64())))
+        .unzip();
+    if apps.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = sqlx::query(
+        "SELECT DISTINCT w.app_id, w.call_id FROM webhook_events w \
+         JOIN UNNEST($1::uuid[], $2::int8[]) AS u(app_id, call_id) \
+         ON w.app_id = u.app_id AND w.call_id = u.call_id \
+         WHERE w.status IN ('pending', 'failed', 'processing')",
+    )
+    .bind(&apps)
+    .bind(&calls)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(pg_err)?;
+    rows.iter()
+        .map(|r| Ok((AppId(col(r, "app_id")?), did(col(r, "call_id")?)?)))
+        .collect()
 }
