@@ -343,7 +343,16 @@ impl ServerConfig {
             workers: parse_num("PROCESSOR_WORKERS", if sqlite { 1 } else { 2 })?.max(1),
             ..ProcessorConfig::default()
         };
-        let ingest_writers: usize = parse_num("INGEST_WRITERS", if sqlite { 1 } else { 4 })?.max(1);
+        // Inline processing (the ingest transaction also processes the batch): on SQLite it
+        // saves two transactions per batch; on PostgreSQL it serialises an app's ingest commits
+        // (the per-app applier lock is held through each commit), so it is opt-in there, best
+        // with one ingest writer (docs/operations.md).
+        let inline_processing = parse_bool("INLINE_PROCESSING", sqlite)?;
+        let ingest_writers: usize = parse_num(
+            "INGEST_WRITERS",
+            if sqlite || inline_processing { 1 } else { 4 },
+        )?
+        .max(1);
         let defaults = RateLimits::default();
         let rate_limits = RateLimits {
             webhook_per_min: parse_num("RATE_LIMIT_WEBHOOK_PER_MIN", defaults.webhook_per_min)?,
@@ -377,6 +386,7 @@ impl ServerConfig {
             },
             processor,
             ingest_writers,
+            inline_processing,
             ..CtiConfig::default()
         };
         Ok(Self {
