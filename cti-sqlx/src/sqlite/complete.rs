@@ -39,7 +39,18 @@ pub(super) async fn complete_set(
         return Ok(Vec::new());
     }
     let held = finish(conn, items, now).await?;
-    let (mut out, applying) = batch::split(items, &held);
+    complete_held(conn, items, &held, now).await
+}
+
+/// [`complete_set`] after the lease check: `held` are the items whose events this transaction
+/// holds and already carry their final status (with their apps).
+pub(super) async fn complete_held(
+    conn: &mut SqliteConnection,
+    items: &[Completion],
+    held: &HashMap<Uuid, AppId>,
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+    let (mut out, applying) = batch::split(items, held);
     if applying.is_empty() {
         return Ok(out);
     }

@@ -14,7 +14,7 @@ use cti_core::store::*;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::complete::complete_set;
+use super::complete::{complete_held, complete_set};
 use super::rows::{self, EVENT_COLS, OUTBOX_COLS, int, ts};
 use super::{SqliteStore, begin_immediate};
 use crate::batch;
@@ -74,24 +74,41 @@ impl InboxStore for SqliteStore {
         }
         let (news, mut results): (Vec<NewInboxEvent>, Vec<Option<EventResult>>) =
             events.into_iter().unzip();
+        let _ = lease; // The rows are born finished: no lease to hold.
         let now_us = ts(&now);
-        let until = now_us.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
         let mut w = self.write_conn().await;
         let mut tx = begin_immediate(&mut w).await?;
         // Per-call order: a call with older unfinished events leaves its new ones to the
         // processor (which hands them out after the older ones).
         let blocked = calls_with_unfinished(&mut tx, &news).await?;
         let claim = batch::inline::claims(&news, &results, &blocked);
-        let outcomes = insert_events(&mut tx, &news, Pending::Except(&claim, until)).await?;
+        // Processed events are inserted with their final status (attempt 1) straight away —
+        // no `processing` row to finish with a second write; the transaction is the lease.
+        let born: Vec<Option<Born>> = claim
+            .iter()
+            .zip(&results)
+            .map(|(c, r)| match (c, r) {
+                (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
+                (true, Some(EventResult::Ignored(reason))) => {
+                    Some((EventStatus::Ignored, Some(reason.clone())))
+                }
+                _ => None,
+            })
+            .collect();
+        let outcomes = insert_events(&mut tx, &news, Pending::Born(&born, now_us)).await?;
         let (order, items) = batch::inline::completions(&news, &mut results, &claim, &outcomes);
-        let done = complete_set(&mut tx, &items, now).await?;
+        let held: HashMap<Uuid, AppId> = order
+            .iter()
+            .map(|&i| (news[i].id, news[i].app_id))
+            .collect();
+        let done = complete_held(&mut tx, &items, &held, now).await?;
         let mut failed = Vec::new();
         let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
         // The processor retries these (attempt 1 is spent, as after a failed claim).
         for (id, error) in failed {
             sqlx::query(
                 "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
-                 next_attempt_at = ?2, locked_until = NULL WHERE id = ?3",
+                 next_attempt_at = ?2, processed_at = NULL, locked_until = NULL WHERE id = ?3",
             )
             .bind(error)
             .bind(now_us)
@@ -391,11 +408,11 @@ async fn insert_events(
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
              event_timestamp, payload, next_attempt_at, received_at, status, attempts, \
-             locked_until) ",
+             processed_at, last_error) ",
         );
         q.push_values(chunk.iter().enumerate(), |mut row, (j, e)| {
             let received = ts(&e.received_at);
-            let claimed = pending.claimed(c * INSERT_CHUNK + j);
+            let born = pending.born(c * INSERT_CHUNK + j);
             row.push_bind(e.id.to_string())
                 .push_bind(e.app_id.0.to_string())
                 .push_bind(e.dedupe_key.clone())
@@ -406,13 +423,10 @@ async fn insert_events(
                 .push_bind(e.payload.as_str())
                 .push_bind(received)
                 .push_bind(received)
-                .push_bind(if claimed.is_some() {
-                    "processing"
-                } else {
-                    "pending"
-                })
-                .push_bind(i64::from(claimed.is_some()))
-                .push_bind(claimed);
+                .push_bind(born.map_or("pending", |(status, ..)| status.as_str()))
+                .push_bind(i64::from(born.is_some()))
+                .push_bind(born.map(|(_, at, _)| at))
+                .push_bind(born.and_then(|(_, _, reason)| reason.map(str::to_owned)));
         });
         // Rows are inserted in order, so a key repeated in the batch keeps its first event.
         q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
@@ -472,23 +486,28 @@ async fn insert_events(
     Ok(out)
 }
 
-/// Which events [`insert_events`] stores already claimed (`processing`, attempt 1).
+/// The final status (and `ignored` reason) of an event processed in its insert's transaction.
+type Born = (EventStatus, Option<String>);
+
+/// Which events [`insert_events`] stores already finished.
 #[derive(Clone, Copy)]
 enum Pending<'a> {
     /// None: every event is `pending`.
     All,
-    /// Those flagged, with this lease expiry (µs); the others are `pending`.
-    Except(&'a [bool], i64),
+    /// Those with a status are stored finished (attempt 1, processed at this time, µs); the
+    /// others are `pending`.
+    Born(&'a [Option<Born>], i64),
 }
 
-impl Pending<'_> {
-    /// The lease expiry of event `i` if it is stored claimed.
-    fn claimed(self, i: usize) -> Option<i64> {
+impl<'a> Pending<'a> {
+    /// Status, processing time and reason of event `i` if it is stored finished.
+    fn born(self, i: usize) -> Option<(EventStatus, i64, Option<&'a str>)> {
         match self {
             Pending::All => None,
-            Pending::Except(flags, until) => {
-                flags.get(i).copied().unwrap_or(false).then_some(until)
-            }
+            Pending::Born(born, at) => born
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(|(status, reason)| (*status, at, reason.as_deref())),
         }
     }
 }
