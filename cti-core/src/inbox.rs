@@ -1236,24 +1236,25 @@ async fn write_batch(cti: &Cti, events: Vec<NewInboxEvent>) -> StoreResult<Vec<I
         }
         return Ok(outcomes);
     }
-    let items: Vec<(NewInboxEvent, Option<EventResult>)> = events
-        .into_iter()
-        .map(|e| {
-            let result = event_result(normalize_json(&e.payload, e.received_at));
-            (e, Some(result))
-        })
+    let results = events
+        .iter()
+        .map(|e| Some(event_result(normalize_json(&e.payload, e.received_at))))
         .collect();
-    let fallback: Vec<NewInboxEvent> = items.iter().map(|(e, _)| e.clone()).collect();
     let done = match inner
         .store
-        .inbox_insert_processed(items, inner.config.processor.lease, inner.clock.now())
+        .inbox_insert_processed(
+            &events,
+            results,
+            inner.config.processor.lease,
+            inner.clock.now(),
+        )
         .await
     {
         Ok(done) => done,
         Err(e) => {
             // Never lose an event to a processing problem: store it for the processor.
             tracing::warn!(error = %e, "inline processing failed; inserting for the processor");
-            let outcomes = inner.store.inbox_insert(fallback).await?;
+            let outcomes = inner.store.inbox_insert(events).await?;
             inner.wake.notify_one();
             return Ok(outcomes);
         }

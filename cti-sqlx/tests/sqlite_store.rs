@@ -560,7 +560,8 @@ async fn failed_inline_processing_stores_nothing() {
     let e = ev(ghost, "k", Some(7), Some(1), t0());
     let err = s
         .inbox_insert_processed(
-            vec![(e.clone(), Some(ringing(7, 1)))],
+            std::slice::from_ref(&e),
+            vec![Some(ringing(7, 1))],
             Duration::from_secs(30),
             t0(),
         )

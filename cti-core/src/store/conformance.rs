@@ -1629,15 +1629,19 @@ pub async fn insert_processed(s: Arc<dyn Store>) {
     let started = EventResult::Apply(Box::new(call_norm(CtiEvent::CallStarted, 2, 4, None)));
     let done = s
         .inbox_insert_processed(
+            &[
+                b.clone(),
+                c.clone(),
+                c_again.clone(),
+                c_earlier.clone(),
+                sms.clone(),
+            ],
             vec![
-                (b.clone(), Some(ring(1, 2))),
-                (c.clone(), Some(started)),
-                (c_again.clone(), Some(ring(2, 4))),
-                (c_earlier.clone(), Some(ring(2, 3))),
-                (
-                    sms.clone(),
-                    Some(EventResult::Ignored("ignored: test".into())),
-                ),
+                Some(ring(1, 2)),
+                Some(started),
+                Some(ring(2, 4)),
+                Some(ring(2, 3)),
+                Some(EventResult::Ignored("ignored: test".into())),
             ],
             lease,
             t0() + secs(5),

@@ -175,7 +175,7 @@ pub trait InboxStore: Send + Sync {
     async fn inbox_insert(&self, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>>;
 
     /// [`InboxStore::inbox_insert`] that may also process the new events in the same
-    /// transaction ("inline processing"): an inserted event whose `result` is given is
+    /// transaction ("inline processing"): an inserted event whose `results[i]` is given is
     /// completed as if it had been claimed (attempt 1) and passed to
     /// [`InboxStore::inbox_complete`], in `(event_timestamp, arrival)` order — unless its call
     /// still has an older unfinished event, in which case it stays `pending` for the processor
@@ -185,15 +185,16 @@ pub trait InboxStore: Send + Sync {
     /// [`InboxStore::processes_inline`]) when it can do both in one transaction. If the
     /// override fails, the caller falls back to [`InboxStore::inbox_insert`], so an event is
     /// never lost to a processing problem.
+    /// `events` stay the caller's (for its fallback); `results` has one entry per event.
     async fn inbox_insert_processed(
         &self,
-        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        events: &[NewInboxEvent],
+        results: Vec<Option<EventResult>>,
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
-        let _ = (lease, now);
-        let events = events.into_iter().map(|(e, _)| e).collect();
-        let outcomes = self.inbox_insert(events).await?;
+        let _ = (results, lease, now);
+        let outcomes = self.inbox_insert(events.to_vec()).await?;
         let processed = vec![false; outcomes.len()];
         Ok(InsertProcessed {
             outcomes,

@@ -123,15 +123,19 @@ impl InboxStore for PgStore {
 
     async fn inbox_insert_processed(
         &self,
-        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        news: &[NewInboxEvent],
+        mut results: Vec<Option<EventResult>>,
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
-        if events.is_empty() {
+        if news.is_empty() {
             return Ok(InsertProcessed::default());
         }
-        let (news, mut results): (Vec<NewInboxEvent>, Vec<Option<EventResult>>) =
-            events.into_iter().unzip();
+        if results.len() != news.len() {
+            return Err(StoreError::Backend(
+                "inbox_insert_processed: one result per event".into(),
+            ));
+        }
         let until = lease_until(now, lease);
         let mut tx = self.pool.begin().await.map_err(pg_err)?;
         // The apps' applier locks first (as every completion takes them): the per-call check
@@ -148,10 +152,10 @@ impl InboxStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(pg_err)?;
-        let blocked = calls_with_unfinished(&mut tx, &news).await?;
-        let claim = batch::inline::claims(&news, &results, &blocked);
-        let outcomes = insert_in(&mut tx, &news, Some((&claim, until))).await?;
-        let (order, items) = batch::inline::completions(&news, &mut results, &claim, &outcomes);
+        let blocked = calls_with_unfinished(&mut tx, news).await?;
+        let claim = batch::inline::claims(news, &results, &blocked);
+        let outcomes = insert_in(&mut tx, news, Some((&claim, until))).await?;
+        let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
         let done = super::complete::complete_in(&mut tx, &items, now).await?;
         let mut failed = Vec::new();
         let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);

@@ -65,23 +65,27 @@ impl InboxStore for SqliteStore {
 
     async fn inbox_insert_processed(
         &self,
-        events: Vec<(NewInboxEvent, Option<EventResult>)>,
+        news: &[NewInboxEvent],
+        mut results: Vec<Option<EventResult>>,
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
-        if events.is_empty() {
+        if news.is_empty() {
             return Ok(InsertProcessed::default());
         }
-        let (news, mut results): (Vec<NewInboxEvent>, Vec<Option<EventResult>>) =
-            events.into_iter().unzip();
+        if results.len() != news.len() {
+            return Err(StoreError::Backend(
+                "inbox_insert_processed: one result per event".into(),
+            ));
+        }
         let _ = lease; // The rows are born finished: no lease to hold.
         let now_us = ts(&now);
         let mut w = self.write_conn().await;
         let mut tx = begin_immediate(&mut w).await?;
         // Per-call order: a call with older unfinished events leaves its new ones to the
         // processor (which hands them out after the older ones).
-        let blocked = calls_with_unfinished(&mut tx, &news).await?;
-        let claim = batch::inline::claims(&news, &results, &blocked);
+        let blocked = calls_with_unfinished(&mut tx, news).await?;
+        let claim = batch::inline::claims(news, &results, &blocked);
         // Processed events are inserted with their final status (attempt 1) straight away —
         // no `processing` row to finish with a second write; the transaction is the lease.
         let born: Vec<Option<Born>> = claim
@@ -95,8 +99,8 @@ impl InboxStore for SqliteStore {
                 _ => None,
             })
             .collect();
-        let outcomes = insert_events(&mut tx, &news, Pending::Born(&born, now_us)).await?;
-        let (order, items) = batch::inline::completions(&news, &mut results, &claim, &outcomes);
+        let outcomes = insert_events(&mut tx, news, Pending::Born(&born, now_us)).await?;
+        let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
         let held: HashMap<Uuid, AppId> = order
             .iter()
             .map(|&i| (news[i].id, news[i].app_id))
