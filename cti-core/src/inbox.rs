@@ -1067,8 +1067,11 @@ impl Cti {
             }
         }
         // Before the bus signal, so the relay finds the events before it would read them.
-        // A full queue only costs the relay a read.
-        let _ = self.inner.published_tx.try_send(published);
+        // A full queue only costs the relay a read; without a running relay (its receiver not
+        // taken by `start`) nothing is queued.
+        if self.inner.published_rx.lock().is_none() {
+            let _ = self.inner.published_tx.try_send(published);
+        }
         for (app_id, seq) in heads {
             if let Err(err) = self
                 .inner
