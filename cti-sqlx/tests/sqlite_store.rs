@@ -578,3 +578,94 @@ async fn failed_inline_processing_stores_nothing() {
         EventStatus::Pending
     );
 }
+
+/// Through the facade: when the inline transaction fails (here the outbox refuses rows), the
+/// webhook is still accepted and stored pending, and the processor applies it once the fault is
+/// gone — inline processing never costs an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_inline_processing_falls_back_to_the_processor() {
+    use cti_core::inbox::{IngestOutcome, ProcessorConfig, WebhookRequest};
+    use cti_core::secrets::Secret;
+    use cti_core::verify::sign_hmac_b64;
+    use cti_core::{Cti, CtiConfig};
+    use sqlx::{Connection, Executor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(&dir);
+    let store = SqliteStore::open(&url).await.unwrap();
+    let cti = Cti::builder()
+        .store(Arc::new(store.clone()))
+        .config(CtiConfig {
+            webhook_secret: Some(Secret::new("W".into())),
+            processor: ProcessorConfig {
+                poll_interval: Duration::from_millis(50),
+                ..ProcessorConfig::default()
+            },
+            ..CtiConfig::default()
+        })
+        .build();
+    let running = cti.start();
+    let (app, key) = cti.create_app("Tenant", Default::default()).await.unwrap();
+
+    let mut admin = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    admin
+        .execute(
+            "CREATE TRIGGER outbox_down BEFORE INSERT ON cti_events \
+             BEGIN SELECT RAISE(ABORT, 'outbox down'); END",
+        )
+        .await
+        .unwrap();
+    let body = br#"{"event_type":"call.ring","call_id":4242,"direction":"inbound"}"#;
+    let sig = sign_hmac_b64(body, b"W");
+    let outcome = cti
+        .ingest(WebhookRequest {
+            body,
+            content_type: Some("application/json"),
+            signature: Some(&sig),
+            app_key: Some(key.expose()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted { event_id, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    let stored = store.inbox_get(None, event_id).await.unwrap().unwrap();
+    assert_ne!(
+        stored.status,
+        EventStatus::Done,
+        "the fault kept it from being processed"
+    );
+    assert!(
+        store
+            .get_call_by_dialpad_id(app.id, DialpadId(4242))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    admin.execute("DROP TRIGGER outbox_down").await.unwrap();
+    // The processor retries it (backoff 1 s after a failed attempt).
+    let mut done = false;
+    for _ in 0..100 {
+        if store
+            .inbox_get(None, event_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            == EventStatus::Done
+        {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "the processor applied the event after the fault");
+    let call = store
+        .get_call_by_dialpad_id(app.id, DialpadId(4242))
+        .await
+        .unwrap();
+    assert_eq!(call.map(|c| c.status), Some(CallStatus::Ringing));
+    running.shutdown(Duration::from_secs(5)).await;
+}
