@@ -300,6 +300,20 @@ pub(crate) mod inline {
 
     use super::*;
 
+    /// `true` for an empty batch (nothing to do); an error unless there is one result per
+    /// event.
+    pub(crate) fn is_empty(
+        events: &[NewInboxEvent],
+        results: &[Option<EventResult>],
+    ) -> StoreResult<bool> {
+        if results.len() != events.len() {
+            return Err(StoreError::Backend(
+                "inbox_insert_processed: one result per event".into(),
+            ));
+        }
+        Ok(events.is_empty())
+    }
+
     /// Events to store claimed (`processing`, attempt 1): those with a result whose call has no
     /// unfinished event in the inbox (`blocked`).
     pub(crate) fn claims(

@@ -128,13 +128,8 @@ impl InboxStore for PgStore {
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
-        if news.is_empty() {
+        if batch::inline::is_empty(news, &results)? {
             return Ok(InsertProcessed::default());
-        }
-        if results.len() != news.len() {
-            return Err(StoreError::Backend(
-                "inbox_insert_processed: one result per event".into(),
-            ));
         }
         let until = lease_until(now, lease);
         let mut tx = self.pool.begin().await.map_err(pg_err)?;

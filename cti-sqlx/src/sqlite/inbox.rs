@@ -70,13 +70,8 @@ impl InboxStore for SqliteStore {
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
-        if news.is_empty() {
+        if batch::inline::is_empty(news, &results)? {
             return Ok(InsertProcessed::default());
-        }
-        if results.len() != news.len() {
-            return Err(StoreError::Backend(
-                "inbox_insert_processed: one result per event".into(),
-            ));
         }
         let _ = lease; // The rows are born finished: no lease to hold.
         let now_us = ts(&now);
