@@ -1,9 +1,11 @@
-//! Set-based `inbox_complete` on SQLite: a claimed batch is finished with a constant number of
-//! statements, whatever its size (the algorithm is in `crate::batch`).
+//! Batch completion on SQLite, run synchronously inside one direct write transaction
+//! (`super::direct`): the lease check and status change of every item, one read per record
+//! the batch touches, the in-memory plan of `crate::batch`, then the upserts, sequence heads
+//! and outbox rows.
 //!
-//! Every statement is a round trip to sqlx's database thread (a channel send and two thread
-//! wake-ups), and the single writer connection is held — ingest waits — for the whole
-//! transaction, so statements per batch, not per event, is what keeps the writer free.
+//! Every statement is a cached prepared single-row statement: executed on the writer's own
+//! thread, a statement costs a few microseconds, so per-row statements are as cheap as
+//! multi-row ones and keep one statement text (and one cached plan) per kind.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -11,302 +13,40 @@ use std::sync::LazyLock;
 use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::*;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::direct::map_err;
 use super::rows::{self, CALL_COLS, MESSAGE_COLS, VOICEMAIL_COLS, ts};
-use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
-use crate::common::{self, map_err};
+use crate::batch::{self, Item, Key, Loaded, Plan};
+use crate::common;
 
-/// Rows per multi-row statement: the widest row (calls) has 24 parameters, and SQLite allows
-/// 32,766 per statement.
-const ROWS_PER_STATEMENT: usize = 500;
-
-static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
-static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
-static MESSAGE_COLS_M: LazyLock<String> = LazyLock::new(|| qualified(MESSAGE_COLS, "m"));
-
-/// Finishes `items` inside the caller's transaction. The outer result fails (and the caller
-/// must roll back) when a statement fails; otherwise each item's result is `Ok` with what it
-/// published, or [`StoreError::LeaseLost`] when this attempt no longer holds its event (such
-/// an item changes nothing).
-pub(super) async fn complete_set(
-    conn: &mut SqliteConnection,
-    items: &[Completion],
-    now: Timestamp,
-) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
-    let held = finish(conn, items, now).await?;
-    complete_held(conn, items, &held, now).await
+/// `?1, ?2, … ?n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// [`complete_set`] after the lease check: `held` are the items whose events this transaction
-/// holds and already carry their final status (with their apps).
-pub(super) async fn complete_held(
-    conn: &mut SqliteConnection,
-    items: &[Completion],
-    held: &HashMap<Uuid, AppId>,
-    now: Timestamp,
-) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
-    let (mut out, applying) = batch::split(items, held);
-    if applying.is_empty() {
-        return Ok(out);
-    }
-    let mut loaded = load(conn, &applying).await?;
-    let plan = loop {
-        match batch::plan(&applying, &loaded, now)? {
-            Ok(plan) => break plan,
-            Err(user) => {
-                let crm = read_users(conn, &[user]).await?.remove(&user);
-                loaded.crm_users.insert(user, crm.flatten());
-            }
-        }
-    };
-    write(conn, &plan, now).await?;
-    for (index, published) in plan.published {
-        out[index] = Ok(published);
-    }
-    Ok(out)
+/// Number of columns of a column list.
+fn width(cols: &str) -> usize {
+    cols.split(',').count()
 }
 
-/// Step 1: lease check + status change of every item; returns the events still held, with
-/// their app. `done` keeps the last error of earlier attempts; `ignored` records its reason.
-async fn finish(
-    conn: &mut SqliteConnection,
-    items: &[Completion],
-    now: Timestamp,
-) -> StoreResult<HashMap<Uuid, AppId>> {
-    let mut held = HashMap::with_capacity(items.len());
-    for chunk in items.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("WITH v (id, attempts, status, reason) AS (");
-        q.push_values(chunk, |mut row, c| {
-            let (status, reason) = match &c.result {
-                EventResult::Apply(_) => (EventStatus::Done, None),
-                EventResult::Ignored(r) => (EventStatus::Ignored, Some(r.clone())),
-            };
-            row.push_bind(c.event_id.to_string())
-                .push_bind(i64::from(c.attempt))
-                .push_bind(status.as_str())
-                .push_bind(reason);
-        });
-        q.push(
-            ") UPDATE webhook_events SET status = v.status, \
-             last_error = COALESCE(v.reason, webhook_events.last_error), processed_at = ",
-        );
-        q.push_bind(ts(&now));
-        q.push(
-            ", locked_until = NULL FROM v \
-             WHERE webhook_events.id = v.id AND webhook_events.status = 'processing' \
-               AND webhook_events.attempts = v.attempts \
-             RETURNING webhook_events.id AS id, webhook_events.app_id AS app_id",
-        );
-        for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
-            let id: String = r.try_get("id").map_err(map_err)?;
-            let app: String = r.try_get("app_id").map_err(map_err)?;
-            held.insert(
-                common::uuid_from_text("id", &id)?,
-                AppId(common::uuid_from_text("app_id", &app)?),
-            );
-        }
-    }
-    Ok(held)
-}
-
-/// Step 2: reads every record the batch may touch.
-async fn load(conn: &mut SqliteConnection, items: &[Item<'_>]) -> StoreResult<Loaded> {
-    let keys = batch::keys(items);
-    let mut loaded = Loaded::default();
-    for r in by_keys(
-        conn,
-        "calls",
-        "c",
-        &CALL_COLS_C,
-        "dialpad_call_id",
-        &keys.calls,
-    )
-    .await?
-    {
-        let c = rows::call(&r)?;
-        loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
-    }
-    let vms = by_keys(
-        conn,
-        "voicemails",
-        "v",
-        &VOICEMAIL_COLS_V,
-        "dialpad_call_id",
-        &keys.voicemails,
-    )
-    .await?;
-    for r in vms {
-        let v = rows::voicemail(&r)?;
-        if let Some(k) = v.dialpad_call_id {
-            loaded.voicemails.insert((v.app_id, k), v);
-        }
-    }
-    let msgs = by_keys(
-        conn,
-        "messages",
-        "m",
-        &MESSAGE_COLS_M,
-        "dialpad_message_id",
-        &keys.messages,
-    )
-    .await?;
-    for r in msgs {
-        let m = rows::message(&r)?;
-        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
-    }
-    let users = batch::user_keys(items, &loaded);
-    let mut found = read_users(conn, &users).await?;
-    for k in users {
-        loaded.crm_users.insert(k, found.remove(&k).flatten());
-    }
-    let mut q = QueryBuilder::<Sqlite>::new("SELECT id, last_event_seq FROM apps WHERE id IN (");
-    let mut ids = q.separated(", ");
-    for a in &keys.apps {
-        ids.push_bind(a.0.to_string());
-    }
-    q.push(")");
-    for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
-        let id: String = r.try_get("id").map_err(map_err)?;
-        let seq: i64 = r.try_get("last_event_seq").map_err(map_err)?;
-        loaded
-            .seqs
-            .insert(AppId(common::uuid_from_text("id", &id)?), seq);
-    }
-    Ok(loaded)
-}
-
-/// The CRM users mapped to `users` (keys without a mapping are absent).
-async fn read_users(
-    conn: &mut SqliteConnection,
-    users: &[Key],
-) -> StoreResult<HashMap<Key, Option<String>>> {
-    let mut out = HashMap::new();
-    let rows = by_keys(
-        conn,
-        "dialpad_user_mappings",
-        "m",
-        "m.app_id AS app_id, m.dialpad_user_id AS dialpad_user_id, m.crm_user_id AS crm_user_id",
-        "dialpad_user_id",
-        users,
-    )
-    .await?;
-    for r in rows {
-        let app: String = r.try_get("app_id").map_err(map_err)?;
-        let user = common::dialpad_id(
-            "dialpad_user_id",
-            r.try_get("dialpad_user_id").map_err(map_err)?,
-        )?;
-        let crm: String = r.try_get("crm_user_id").map_err(map_err)?;
-        out.insert(
-            (AppId(common::uuid_from_text("app_id", &app)?), user),
-            Some(crm),
-        );
-    }
-    Ok(out)
-}
-
-/// Rows of `table` whose `(app_id, key_col)` is one of `keys`.
-async fn by_keys(
-    conn: &mut SqliteConnection,
-    table: &str,
-    alias: &str,
-    cols: &str,
-    key_col: &str,
-    keys: &[Key],
-) -> StoreResult<Vec<sqlx::sqlite::SqliteRow>> {
-    let mut out = Vec::new();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {cols} FROM ("));
-        q.push_values(chunk, |mut row, (app, id)| {
-            row.push_bind(app.0.to_string()).push_bind(id.as_i64());
-        });
-        q.push(format!(
-            ") k JOIN {table} {alias} ON {alias}.app_id = k.column1 AND {alias}.{key_col} = k.column2"
-        ));
-        out.extend(q.build().fetch_all(&mut *conn).await.map_err(map_err)?);
-    }
-    Ok(out)
-}
-
-/// Step 4: writes the changed records, the new sequence heads and the outbox.
-async fn write(conn: &mut SqliteConnection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
-    upsert_calls(conn, &plan.calls).await?;
-    upsert_voicemails(conn, &plan.voicemails).await?;
-    upsert_messages(conn, &plan.messages).await?;
-    // The single writer holds the database lock: nobody else moves the apps' sequences.
-    for (app, seq) in &plan.seqs {
-        sqlx::query("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
-            .bind(*seq)
-            .bind(app.0.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-    }
-    let now_us = ts(&now);
-    for chunk in plan.outbox.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) ",
-        );
-        q.push_values(chunk, |mut row, (app, seq, m)| {
-            row.push_bind(app.0.to_string())
-                .push_bind(*seq)
-                .push_bind(m.event.clone())
-                .push_bind(common::json_to_text(&m.payload))
-                .push_bind(m.target_crm_user.clone())
-                .push_bind(now_us);
-        });
-        q.build().execute(&mut *conn).await.map_err(map_err)?;
-    }
-    Ok(())
-}
-
-async fn upsert_calls(conn: &mut SqliteConnection, calls: &[Call]) -> StoreResult<()> {
-    for chunk in calls.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO calls ({CALL_COLS}) "));
-        let mut failed = None;
-        q.push_values(chunk, |mut row, c| {
-            let merge_log = match common::merge_log_to_json(&c.merge_log) {
-                Ok(m) => m,
-                Err(e) => {
-                    failed = Some(e);
-                    String::new()
-                }
-            };
-            row.push_bind(c.id.to_string())
-                .push_bind(c.app_id.0.to_string())
-                .push_bind(c.dialpad_call_id.as_i64())
-                .push_bind(c.direction.map(Direction::as_str))
-                .push_bind(c.from_number.clone())
-                .push_bind(c.to_number.clone())
-                .push_bind(c.status.as_str())
-                .push_bind(c.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(c.target_type.clone())
-                .push_bind(c.target_id.map(DialpadId::as_i64))
-                .push_bind(rows::opt_ts(c.started_at.as_ref()))
-                .push_bind(rows::opt_ts(c.answered_at.as_ref()))
-                .push_bind(rows::opt_ts(c.ended_at.as_ref()))
-                .push_bind(c.duration_seconds)
-                .push_bind(c.recording_url.clone())
-                .push_bind(i64::from(c.is_voicemail))
-                .push_bind(c.voicemail_audio_url.clone())
-                .push_bind(c.transcript.clone())
-                .push_bind(i64::from(c.held))
-                .push_bind(merge_log)
-                .push_bind(c.last_event_ms)
-                .push_bind(c.raw_payload.as_ref().map(JsonText::as_str))
-                .push_bind(ts(&c.created_at))
-                .push_bind(ts(&c.updated_at));
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        q.push(
-            " ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET
+static SELECT_CALL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {CALL_COLS} FROM calls WHERE app_id = ?1 AND dialpad_call_id = ?2")
+});
+static SELECT_VOICEMAILS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {VOICEMAIL_COLS} FROM voicemails WHERE app_id = ?1 AND dialpad_call_id = ?2")
+});
+static SELECT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {MESSAGE_COLS} FROM messages WHERE app_id = ?1 AND dialpad_message_id = ?2")
+});
+static UPSERT_CALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO calls ({CALL_COLS}) VALUES ({}) \
+         ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET
             direction = excluded.direction, from_number = excluded.from_number,
             to_number = excluded.to_number, status = excluded.status,
             dialpad_user_id = excluded.dialpad_user_id, target_type = excluded.target_type,
@@ -318,79 +58,280 @@ async fn upsert_calls(conn: &mut SqliteConnection, calls: &[Call]) -> StoreResul
             held = excluded.held, merge_log = excluded.merge_log,
             last_event_ms = excluded.last_event_ms, raw_payload = excluded.raw_payload,
             updated_at = excluded.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(map_err)?;
-    }
-    Ok(())
-}
-
-async fn upsert_voicemails(conn: &mut SqliteConnection, vms: &[Voicemail]) -> StoreResult<()> {
-    for chunk in vms.chunks(ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO voicemails ({VOICEMAIL_COLS}) "));
-        q.push_values(chunk, |mut row, v| {
-            row.push_bind(v.id.to_string())
-                .push_bind(v.app_id.0.to_string())
-                .push_bind(v.dialpad_call_id.map(DialpadId::as_i64))
-                .push_bind(v.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(v.from_number.clone())
-                .push_bind(v.to_number.clone())
-                .push_bind(v.recording_url.clone())
-                .push_bind(v.transcript.clone())
-                .push_bind(v.duration_seconds)
-                .push_bind(ts(&v.created_at))
-                .push_bind(ts(&v.updated_at));
-        });
-        q.push(
-            " ON CONFLICT (id) DO UPDATE SET
+        placeholders(width(CALL_COLS))
+    )
+});
+static UPSERT_VOICEMAIL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO voicemails ({VOICEMAIL_COLS}) VALUES ({}) \
+         ON CONFLICT (id) DO UPDATE SET
             dialpad_call_id = excluded.dialpad_call_id, dialpad_user_id = excluded.dialpad_user_id,
             from_number = excluded.from_number, to_number = excluded.to_number,
             recording_url = excluded.recording_url, transcript = excluded.transcript,
             duration_seconds = excluded.duration_seconds, updated_at = excluded.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(map_err)?;
-    }
-    Ok(())
-}
-
-async fn upsert_messages(conn: &mut SqliteConnection, msgs: &[Message]) -> StoreResult<()> {
-    for chunk in msgs.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO messages ({MESSAGE_COLS}) "));
-        let mut failed = None;
-        q.push_values(chunk, |mut row, m| {
-            let to_numbers = match common::to_numbers_to_json(&m.to_numbers) {
-                Ok(t) => t,
-                Err(e) => {
-                    failed = Some(e);
-                    String::new()
-                }
-            };
-            row.push_bind(m.id.to_string())
-                .push_bind(m.app_id.0.to_string())
-                .push_bind(m.dialpad_message_id.as_i64())
-                .push_bind(m.direction.map(Direction::as_str))
-                .push_bind(m.from_number.clone())
-                .push_bind(m.to_number.clone())
-                .push_bind(to_numbers)
-                .push_bind(m.text.clone())
-                .push_bind(m.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(rows::opt_ts(m.sent_at.as_ref()))
-                .push_bind(m.message_status.clone())
-                .push_bind(ts(&m.created_at))
-                .push_bind(ts(&m.updated_at));
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        q.push(
-            " ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET
+        placeholders(width(VOICEMAIL_COLS))
+    )
+});
+static UPSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO messages ({MESSAGE_COLS}) VALUES ({}) \
+         ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET
             direction = excluded.direction, from_number = excluded.from_number,
             to_number = excluded.to_number, to_numbers = excluded.to_numbers,
             text = excluded.text, dialpad_user_id = excluded.dialpad_user_id,
             sent_at = excluded.sent_at, message_status = excluded.message_status,
             updated_at = excluded.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(map_err)?;
+        placeholders(width(MESSAGE_COLS))
+    )
+});
+
+/// Finishes `items` inside the caller's transaction. The outer result fails (and the caller
+/// must roll back) when a statement fails; otherwise each item's result is `Ok` with what it
+/// published, or [`StoreError::LeaseLost`] when this attempt no longer holds its event (such
+/// an item changes nothing).
+pub(super) fn complete_set(
+    tx: &Connection,
+    items: &[Completion],
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held = finish(tx, items, now)?;
+    complete_held(tx, items, &held, now)
+}
+
+/// [`complete_set`] after the lease check: `held` are the items whose events this transaction
+/// holds and already carry their final status (with their apps).
+pub(super) fn complete_held(
+    tx: &Connection,
+    items: &[Completion],
+    held: &HashMap<Uuid, AppId>,
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+    let (mut out, applying) = batch::split(items, held);
+    if applying.is_empty() {
+        return Ok(out);
+    }
+    let mut loaded = load(tx, &applying)?;
+    let plan = loop {
+        match batch::plan(&applying, &loaded, now)? {
+            Ok(plan) => break plan,
+            Err(user) => {
+                let crm = read_user(tx, user)?;
+                loaded.crm_users.insert(user, crm);
+            }
+        }
+    };
+    write(tx, &plan, now)?;
+    for (index, published) in plan.published {
+        out[index] = Ok(published);
+    }
+    Ok(out)
+}
+
+/// Step 1: lease check + status change of every item; returns the events still held, with
+/// their app. `done` keeps the last error of earlier attempts; `ignored` records its reason.
+fn finish(
+    tx: &Connection,
+    items: &[Completion],
+    now: Timestamp,
+) -> StoreResult<HashMap<Uuid, AppId>> {
+    let mut held = HashMap::with_capacity(items.len());
+    let mut stmt = tx
+        .prepare_cached(
+            "UPDATE webhook_events SET status = ?3, last_error = COALESCE(?4, last_error), \
+             processed_at = ?5, locked_until = NULL \
+             WHERE id = ?1 AND status = 'processing' AND attempts = ?2 RETURNING app_id",
+        )
+        .map_err(map_err)?;
+    let now_us = ts(&now);
+    for c in items {
+        let (status, reason) = match &c.result {
+            EventResult::Apply(_) => (EventStatus::Done, None),
+            EventResult::Ignored(r) => (EventStatus::Ignored, Some(r.as_str())),
+        };
+        let app: Option<String> = stmt
+            .query_row(
+                params![
+                    c.event_id.to_string(),
+                    i64::from(c.attempt),
+                    status.as_str(),
+                    reason,
+                    now_us
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(map_err)?;
+        if let Some(app) = app {
+            held.insert(c.event_id, AppId(common::uuid_from_text("app_id", &app)?));
+        }
+    }
+    Ok(held)
+}
+
+/// Step 2: reads every record the batch may touch.
+fn load(tx: &Connection, items: &[Item<'_>]) -> StoreResult<Loaded> {
+    let keys = batch::keys(items);
+    let mut loaded = Loaded::default();
+    let mut stmt = tx.prepare_cached(&SELECT_CALL).map_err(map_err)?;
+    for (app, id) in &keys.calls {
+        let mut rows = stmt
+            .query(params![app.0.to_string(), id.as_i64()])
+            .map_err(map_err)?;
+        if let Some(r) = rows.next().map_err(map_err)? {
+            let c = rows::call(r)?;
+            loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
+        }
+    }
+    let mut stmt = tx.prepare_cached(&SELECT_VOICEMAILS).map_err(map_err)?;
+    for (app, id) in &keys.voicemails {
+        let mut rows = stmt
+            .query(params![app.0.to_string(), id.as_i64()])
+            .map_err(map_err)?;
+        while let Some(r) = rows.next().map_err(map_err)? {
+            let v = rows::voicemail(r)?;
+            if let Some(k) = v.dialpad_call_id {
+                loaded.voicemails.insert((v.app_id, k), v);
+            }
+        }
+    }
+    let mut stmt = tx.prepare_cached(&SELECT_MESSAGE).map_err(map_err)?;
+    for (app, id) in &keys.messages {
+        let mut rows = stmt
+            .query(params![app.0.to_string(), id.as_i64()])
+            .map_err(map_err)?;
+        if let Some(r) = rows.next().map_err(map_err)? {
+            let m = rows::message(r)?;
+            loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
+        }
+    }
+    for user in batch::user_keys(items, &loaded) {
+        let crm = read_user(tx, user)?;
+        loaded.crm_users.insert(user, crm);
+    }
+    let mut stmt = tx
+        .prepare_cached("SELECT last_event_seq FROM apps WHERE id = ?1")
+        .map_err(map_err)?;
+    for app in &keys.apps {
+        let seq: Option<i64> = stmt
+            .query_row(params![app.0.to_string()], |r| r.get(0))
+            .optional()
+            .map_err(map_err)?;
+        if let Some(seq) = seq {
+            loaded.seqs.insert(*app, seq);
+        }
+    }
+    Ok(loaded)
+}
+
+/// The CRM user mapped to a Dialpad user (`None`: no mapping).
+fn read_user(tx: &Connection, (app, user): Key) -> StoreResult<Option<String>> {
+    tx.prepare_cached(
+        "SELECT crm_user_id FROM dialpad_user_mappings WHERE app_id = ?1 AND dialpad_user_id = ?2",
+    )
+    .map_err(map_err)?
+    .query_row(params![app.0.to_string(), user.as_i64()], |r| r.get(0))
+    .optional()
+    .map_err(map_err)
+}
+
+/// Step 4: writes the changed records, the new sequence heads and the outbox.
+fn write(tx: &Connection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
+    let mut stmt = tx.prepare_cached(&UPSERT_CALL).map_err(map_err)?;
+    for c in &plan.calls {
+        let merge_log = common::merge_log_to_json(&c.merge_log)?;
+        stmt.execute(params![
+            c.id.to_string(),
+            c.app_id.0.to_string(),
+            c.dialpad_call_id.as_i64(),
+            c.direction.map(Direction::as_str),
+            c.from_number,
+            c.to_number,
+            c.status.as_str(),
+            c.dialpad_user_id.map(DialpadId::as_i64),
+            c.target_type,
+            c.target_id.map(DialpadId::as_i64),
+            rows::opt_ts(c.started_at.as_ref()),
+            rows::opt_ts(c.answered_at.as_ref()),
+            rows::opt_ts(c.ended_at.as_ref()),
+            c.duration_seconds,
+            c.recording_url,
+            i64::from(c.is_voicemail),
+            c.voicemail_audio_url,
+            c.transcript,
+            i64::from(c.held),
+            merge_log,
+            c.last_event_ms,
+            c.raw_payload.as_ref().map(JsonText::as_str),
+            ts(&c.created_at),
+            ts(&c.updated_at),
+        ])
+        .map_err(map_err)?;
+    }
+    let mut stmt = tx.prepare_cached(&UPSERT_VOICEMAIL).map_err(map_err)?;
+    for v in &plan.voicemails {
+        stmt.execute(params![
+            v.id.to_string(),
+            v.app_id.0.to_string(),
+            v.dialpad_call_id.map(DialpadId::as_i64),
+            v.dialpad_user_id.map(DialpadId::as_i64),
+            v.from_number,
+            v.to_number,
+            v.recording_url,
+            v.transcript,
+            v.duration_seconds,
+            ts(&v.created_at),
+            ts(&v.updated_at),
+        ])
+        .map_err(map_err)?;
+    }
+    let mut stmt = tx.prepare_cached(&UPSERT_MESSAGE).map_err(map_err)?;
+    for m in &plan.messages {
+        let to_numbers = common::to_numbers_to_json(&m.to_numbers)?;
+        stmt.execute(params![
+            m.id.to_string(),
+            m.app_id.0.to_string(),
+            m.dialpad_message_id.as_i64(),
+            m.direction.map(Direction::as_str),
+            m.from_number,
+            m.to_number,
+            to_numbers,
+            m.text,
+            m.dialpad_user_id.map(DialpadId::as_i64),
+            rows::opt_ts(m.sent_at.as_ref()),
+            m.message_status,
+            ts(&m.created_at),
+            ts(&m.updated_at),
+        ])
+        .map_err(map_err)?;
+    }
+    // The single writer holds the database lock: nobody else moves the apps' sequences.
+    let mut stmt = tx
+        .prepare_cached("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
+        .map_err(map_err)?;
+    for (app, seq) in &plan.seqs {
+        stmt.execute(params![*seq, app.0.to_string()])
+            .map_err(map_err)?;
+    }
+    let now_us = ts(&now);
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(map_err)?;
+    for (app, seq, m) in &plan.outbox {
+        stmt.execute(params![
+            app.0.to_string(),
+            *seq,
+            m.event,
+            common::json_to_text(&m.payload),
+            m.target_crm_user,
+            now_us,
+        ])
+        .map_err(map_err)?;
     }
     Ok(())
 }

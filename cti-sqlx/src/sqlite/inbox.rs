@@ -11,12 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cti_core::model::*;
 use cti_core::store::*;
+use rusqlite::params;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::complete::{complete_held, complete_set};
 use super::rows::{self, EVENT_COLS, OUTBOX_COLS, int, ts};
-use super::{SqliteStore, begin_immediate};
+use super::{SqliteStore, begin_immediate, direct};
 use crate::batch;
 use crate::common::{self, map_err};
 use sqlx::Connection;
@@ -28,9 +29,6 @@ fn due(t: &str) -> String {
           OR ({t}.status = 'processing' AND {t}.locked_until < ?1))"
     )
 }
-
-/// Events per multi-row `INSERT` (10 parameters each; SQLite allows 32,766).
-const INSERT_CHUNK: usize = 500;
 
 /// Events per claim `UPDATE` (one parameter each).
 const CLAIM_UPDATE_CHUNK: usize = 1000;
@@ -47,16 +45,8 @@ impl InboxStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut w = self.write_conn().await;
-        let pending = Pending::All;
-        if events.len() <= INSERT_CHUNK {
-            // One multi-row INSERT is atomic on its own: no BEGIN / COMMIT round trips.
-            return insert_events(&mut w, &events, pending).await;
-        }
-        let mut tx = begin_immediate(&mut w).await?;
-        let out = insert_events(&mut tx, &events, pending).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(out)
+        self.write_direct(|tx| insert_events(tx, &events, Pending::All))
+            .await
     }
 
     fn processes_inline(&self) -> bool {
@@ -75,49 +65,48 @@ impl InboxStore for SqliteStore {
         }
         let _ = lease; // The rows are born finished: no lease to hold.
         let now_us = ts(&now);
-        let mut w = self.write_conn().await;
-        let mut tx = begin_immediate(&mut w).await?;
-        // Per-call order: a call with older unfinished events leaves its new ones to the
-        // processor (which hands them out after the older ones).
-        let blocked = calls_with_unfinished(&mut tx, news).await?;
-        let claim = batch::inline::claims(news, &results, &blocked);
-        // Processed events are inserted with their final status (attempt 1) straight away —
-        // no `processing` row to finish with a second write; the transaction is the lease.
-        let born: Vec<Option<Born>> = claim
-            .iter()
-            .zip(&results)
-            .map(|(c, r)| match (c, r) {
-                (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
-                (true, Some(EventResult::Ignored(reason))) => {
-                    Some((EventStatus::Ignored, Some(reason.clone())))
-                }
-                _ => None,
-            })
-            .collect();
-        let outcomes = insert_events(&mut tx, news, Pending::Born(&born, now_us)).await?;
-        let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
-        let held: HashMap<Uuid, AppId> = order
-            .iter()
-            .map(|&i| (news[i].id, news[i].app_id))
-            .collect();
-        let done = complete_held(&mut tx, &items, &held, now).await?;
-        let mut failed = Vec::new();
-        let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
-        // The processor retries these (attempt 1 is spent, as after a failed claim).
-        for (id, error) in failed {
-            sqlx::query(
-                "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
-                 next_attempt_at = ?2, processed_at = NULL, locked_until = NULL WHERE id = ?3",
-            )
-            .bind(error)
-            .bind(now_us)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)?;
-        Ok(report)
+        self.write_direct(|tx| {
+            // Per-call order: a call with older unfinished events leaves its new ones to the
+            // processor (which hands them out after the older ones).
+            let blocked = calls_with_unfinished(tx, news)?;
+            let claim = batch::inline::claims(news, &results, &blocked);
+            // Processed events are inserted with their final status (attempt 1) straight
+            // away — no `processing` row to finish with a second write; the transaction is
+            // the lease.
+            let born: Vec<Option<Born>> = claim
+                .iter()
+                .zip(&results)
+                .map(|(c, r)| match (c, r) {
+                    (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
+                    (true, Some(EventResult::Ignored(reason))) => {
+                        Some((EventStatus::Ignored, Some(reason.clone())))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let outcomes = insert_events(tx, news, Pending::Born(&born, now_us))?;
+            let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
+            let held: HashMap<Uuid, AppId> = order
+                .iter()
+                .map(|&i| (news[i].id, news[i].app_id))
+                .collect();
+            let done = complete_held(tx, &items, &held, now)?;
+            let mut failed = Vec::new();
+            let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
+            // The processor retries these (attempt 1 is spent, as after a failed claim).
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
+                     next_attempt_at = ?2, processed_at = NULL, locked_until = NULL WHERE id = ?3",
+                )
+                .map_err(direct::map_err)?;
+            for (id, error) in failed {
+                stmt.execute(params![error, now_us, id.to_string()])
+                    .map_err(direct::map_err)?;
+            }
+            Ok(report)
+        })
+        .await
     }
 
     async fn inbox_claim(
@@ -176,19 +165,17 @@ impl InboxStore for SqliteStore {
             attempt,
             result,
         };
-        let mut w = self.write_conn().await;
         // The whole transaction (status change included) rolls back if applying fails.
-        let mut tx = begin_immediate(&mut w).await?;
-        let mut out = complete_set(&mut tx, std::slice::from_ref(&item), now).await?;
-        let result = out.pop().unwrap_or(Err(StoreError::LeaseLost));
-        if result.is_ok() {
-            tx.commit().await.map_err(map_err)?;
-        }
-        result
+        self.write_direct(|tx| {
+            complete_set(tx, std::slice::from_ref(&item), now)?
+                .pop()
+                .unwrap_or(Err(StoreError::LeaseLost))
+        })
+        .await
     }
 
-    /// One `BEGIN IMMEDIATE … COMMIT` and a constant number of statements for the whole
-    /// batch (see `complete.rs`): one WAL append and a short hold of the writer instead of a
+    /// One `BEGIN IMMEDIATE … COMMIT` for the whole batch, run in one go on the writer's
+    /// handle (see `complete.rs`): one WAL append and a short hold of the writer instead of a
     /// transaction per event. If a statement fails, the transaction is rolled back and the
     /// items are completed one by one, so each gets exactly the result
     /// [`InboxStore::inbox_complete`] gives it.
@@ -200,14 +187,7 @@ impl InboxStore for SqliteStore {
         if items.len() <= 1 {
             return complete_each(self, items, now).await;
         }
-        let batched = async {
-            let mut w = self.write_conn().await;
-            let mut tx = begin_immediate(&mut w).await?;
-            let out = complete_set(&mut tx, &items, now).await?;
-            tx.commit().await.map_err(map_err)?;
-            Ok(out)
-        }
-        .await;
+        let batched = self.write_direct(|tx| complete_set(tx, &items, now)).await;
         batch::or_each(self, items, now, batched).await
     }
 
@@ -389,98 +369,55 @@ impl InboxStore for SqliteStore {
     }
 }
 
-/// Inserts `events` with multi-row statements — one round trip to the database thread per
-/// [`INSERT_CHUNK`] events, not per event (the round trip, not SQLite, is what an insert
-/// costs) — and reports each event's outcome.
-///
-/// The rows one statement inserts get consecutive rowids ending at its `last_insert_rowid`
-/// (nothing can interleave inside a statement), so an event is new exactly when the row of
-/// its key carries its id and a rowid of one of these ranges.
-async fn insert_events(
-    conn: &mut SqliteConnection,
+/// Inserts `events` in order inside the caller's transaction (one cached single-row statement,
+/// run on the writer's thread) and reports each event's outcome: a key already stored — or
+/// earlier in the batch, whose first occurrence wins — is a duplicate of the stored event.
+fn insert_events(
+    tx: &rusqlite::Connection,
     events: &[NewInboxEvent],
     pending: Pending<'_>,
 ) -> StoreResult<Vec<InsertOutcome>> {
-    let mut fresh_ranges: Vec<(i64, i64)> = Vec::new();
-    let mut inserted = 0usize;
-    for (c, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
-        let mut q = QueryBuilder::<Sqlite>::new(
+    let mut insert = tx
+        .prepare_cached(
             "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
              event_timestamp, payload, next_attempt_at, received_at, status, attempts, \
-             processed_at, last_error) ",
-        );
-        q.push_values(chunk.iter().enumerate(), |mut row, (j, e)| {
-            let received = ts(&e.received_at);
-            let born = pending.born(c * INSERT_CHUNK + j);
-            row.push_bind(e.id.to_string())
-                .push_bind(e.app_id.0.to_string())
-                .push_bind(e.dedupe_key.clone())
-                .push_bind(e.event_type.clone())
-                .push_bind(e.call_id.map(DialpadId::as_i64))
-                .push_bind(e.state.clone())
-                .push_bind(e.event_timestamp)
-                .push_bind(e.payload.as_str())
-                .push_bind(received)
-                .push_bind(received)
-                .push_bind(born.map_or("pending", |(status, ..)| status.as_str()))
-                .push_bind(i64::from(born.is_some()))
-                .push_bind(born.map(|(_, at, _)| at))
-                .push_bind(born.and_then(|(_, _, reason)| reason.map(str::to_owned)));
-        });
-        // Rows are inserted in order, so a key repeated in the batch keeps its first event.
-        q.push(" ON CONFLICT (app_id, dedupe_key) DO NOTHING");
-        let done = q.build().execute(&mut *conn).await.map_err(map_err)?;
-        let n = done.rows_affected();
-        if n > 0 {
-            let last = done.last_insert_rowid();
-            fresh_ranges.push((last - i64::try_from(n).unwrap_or(i64::MAX), last));
-        }
-        inserted += usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if inserted == events.len() {
-        return Ok(events
-            .iter()
-            .map(|e| InsertOutcome::Inserted(e.id))
-            .collect());
-    }
-    // Some keys existed: read the row of every key of the batch.
-    let mut stored: HashMap<(String, String), (Uuid, bool)> = HashMap::new();
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("SELECT w.app_id, w.dedupe_key, w.id, w.seq FROM (");
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(e.app_id.0.to_string())
-                .push_bind(e.dedupe_key.clone());
-        });
-        q.push(") v JOIN webhook_events w ON w.app_id = v.column1 AND w.dedupe_key = v.column2");
-        for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
-            let app: String = r.try_get("app_id").map_err(map_err)?;
-            let key: String = r.try_get("dedupe_key").map_err(map_err)?;
-            let id: String = r.try_get("id").map_err(map_err)?;
-            let seq: i64 = r.try_get("seq").map_err(map_err)?;
-            let fresh = fresh_ranges.iter().any(|(lo, hi)| seq > *lo && seq <= *hi);
-            stored.insert((app, key), (common::uuid_from_text("id", &id)?, fresh));
-        }
-    }
+             processed_at, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (app_id, dedupe_key) DO NOTHING",
+        )
+        .map_err(direct::map_err)?;
     let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let key = (e.app_id.0.to_string(), e.dedupe_key.clone());
-        let outcome = match stored.get_mut(&key) {
-            // Clear the flag: a second occurrence in the batch is a duplicate of the first.
-            Some((id, fresh)) if *fresh && *id == e.id => {
-                *fresh = false;
-                InsertOutcome::Inserted(e.id)
-            }
-            Some((id, _)) => InsertOutcome::Duplicate(*id),
-            // Only possible outside a transaction: the older duplicate was purged between the
-            // two statements. Nothing of this event was stored; the caller retries.
-            None => {
-                return Err(StoreError::Unavailable(
-                    "a duplicate event was purged during the insert; retry".into(),
-                ));
-            }
-        };
-        out.push(outcome);
+    for (i, e) in events.iter().enumerate() {
+        let born = pending.born(i);
+        let app = e.app_id.0.to_string();
+        let n = insert
+            .execute(params![
+                e.id.to_string(),
+                app,
+                e.dedupe_key,
+                e.event_type,
+                e.call_id.map(DialpadId::as_i64),
+                e.state,
+                e.event_timestamp,
+                e.payload.as_str(),
+                ts(&e.received_at),
+                born.map_or("pending", |(status, ..)| status.as_str()),
+                i64::from(born.is_some()),
+                born.map(|(_, at, _)| at),
+                born.and_then(|(_, _, reason)| reason),
+            ])
+            .map_err(direct::map_err)?;
+        if n == 1 {
+            out.push(InsertOutcome::Inserted(e.id));
+            continue;
+        }
+        // The key exists (stored earlier, or earlier in this batch: the first occurrence wins).
+        let id: String = tx
+            .prepare_cached("SELECT id FROM webhook_events WHERE app_id = ?1 AND dedupe_key = ?2")
+            .map_err(direct::map_err)?
+            .query_row(params![app, e.dedupe_key], |r| r.get(0))
+            .map_err(direct::map_err)?;
+        out.push(InsertOutcome::Duplicate(common::uuid_from_text("id", &id)?));
     }
     Ok(out)
 }
@@ -512,33 +449,28 @@ impl<'a> Pending<'a> {
 }
 
 /// The `(app_id, call_id)` pairs of `events` that have an unfinished event in the inbox.
-async fn calls_with_unfinished(
-    conn: &mut SqliteConnection,
+fn calls_with_unfinished(
+    tx: &rusqlite::Connection,
     events: &[NewInboxEvent],
 ) -> StoreResult<std::collections::HashSet<batch::Key>> {
     let keys: BTreeSet<(AppId, DialpadId)> = events
         .iter()
         .filter_map(|e| e.call_id.map(|c| (e.app_id, c)))
         .collect();
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM webhook_events INDEXED BY webhook_events_call_unfinished \
+             WHERE app_id = ?1 AND call_id = ?2 \
+               AND status IN ('pending', 'failed', 'processing'))",
+        )
+        .map_err(direct::map_err)?;
     let mut out = std::collections::HashSet::new();
-    let keys: Vec<_> = keys.into_iter().collect();
-    for chunk in keys.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT DISTINCT w.app_id, w.call_id FROM (");
-        q.push_values(chunk, |mut row, (app, call)| {
-            row.push_bind(app.0.to_string()).push_bind(call.as_i64());
-        });
-        q.push(
-            ") v JOIN webhook_events w INDEXED BY webhook_events_call_unfinished \
-             ON w.app_id = v.column1 AND w.call_id = v.column2 \
-             WHERE w.status IN ('pending', 'failed', 'processing')",
-        );
-        for r in q.build().fetch_all(&mut *conn).await.map_err(map_err)? {
-            let app: String = r.try_get("app_id").map_err(map_err)?;
-            let call: i64 = r.try_get("call_id").map_err(map_err)?;
-            out.insert((
-                AppId(common::uuid_from_text("app_id", &app)?),
-                common::dialpad_id("call_id", call)?,
-            ));
+    for (app, call) in keys {
+        let unfinished: bool = stmt
+            .query_row(params![app.0.to_string(), call.as_i64()], |r| r.get(0))
+            .map_err(direct::map_err)?;
+        if unfinished {
+            out.insert((app, call));
         }
     }
     Ok(out)

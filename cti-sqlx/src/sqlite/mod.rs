@@ -3,14 +3,16 @@
 //! * One file (`sqlite://cti.db`, created when missing) in WAL mode with
 //!   `synchronous=NORMAL` (durable against a process crash), `busy_timeout` 5 s and foreign
 //!   keys on.
-//! * ONE writer connection behind an async mutex: every write transaction
-//!   (`BEGIN IMMEDIATE`) runs on it, so writes are serialised in-process (FIFO) and never
-//!   fight over the database lock. A mutex rather than a pool of one: a pool checkout costs
-//!   two extra round trips to the connection thread (ping on acquire and on release) plus a
-//!   spawned task, more than the statements of a small transaction. Reads use a small pool
-//!   (WAL readers never block the writer).
+//! * ONE writer behind an async mutex: every write transaction (`BEGIN IMMEDIATE`) runs under
+//!   it, so writes are serialised in-process (FIFO) and never fight over the database lock. A
+//!   mutex rather than a pool of one: a pool checkout costs two extra round trips to the
+//!   connection thread (ping on acquire and on release) plus a spawned task, more than the
+//!   statements of a small transaction. The hot write transactions (inbox inserts, inline
+//!   processing, completions) run in one synchronous call through rusqlite (`block_in_place`)
+//!   instead of statement by statement through sqlx (`direct.rs`); the rest use sqlx. Reads
+//!   use a small pool (WAL readers never block the writer).
 //! * WAL checkpoints run on their own connection in the background
-//!   (`PRAGMA wal_checkpoint(PASSIVE)` every 100 ms), so commits never wait for the
+//!   (`PRAGMA wal_checkpoint(PASSIVE)` every 10 ms while writing), so commits never wait for the
 //!   checkpoint's `fsync`.
 //! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use the writer connection for
 //!   reads too, because every connection to an in-memory database would otherwise see its
@@ -28,6 +30,7 @@
 mod apps;
 mod complete;
 mod dialpad;
+mod direct;
 mod inbox;
 mod records;
 mod rows;
@@ -48,13 +51,16 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
+use self::direct::{DirectOptions, Writer};
 
 pub use crate::common::MigrationError;
 use crate::common::map_err;
 
 /// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`): `0001` the schema,
-/// `0002` the by-call index of the inbox, `0003` the trigger-maintained list counters. (A new migration file is only embedded when this
+/// `0002` the by-call index of the inbox (dropped again by `0004`: unused, and a random index
+/// page per ingested event), `0003` the trigger-maintained list counters. (A new migration file is only embedded when this
 /// crate recompiles; `cargo clean -p cti-sqlx` if it was added without a source change.)
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -94,7 +100,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct SqliteStore {
     /// The single writer connection.
-    writer: Arc<Mutex<SqliteConnection>>,
+    writer: Arc<Mutex<Writer>>,
     /// Count of writer acquisitions: the checkpointer skips ticks when it has not moved.
     writes: Arc<AtomicU64>,
     /// Readers; `None` for in-memory databases (reads use the writer).
@@ -167,7 +173,7 @@ pub(crate) enum ReadConn<'a> {
     /// Pooled reader.
     Pool(PoolConnection<Sqlite>),
     /// The writer, locked.
-    Writer(MutexGuard<'a, SqliteConnection>),
+    Writer(MappedMutexGuard<'a, SqliteConnection>),
 }
 
 impl Deref for ReadConn<'_> {
@@ -219,7 +225,7 @@ impl SqliteStore {
                 .await
                 .map_err(map_err)?;
             return Ok(Self {
-                writer: Arc::new(Mutex::new(writer)),
+                writer: Arc::new(Mutex::new(Writer::in_memory(writer))),
                 writes: Arc::new(AtomicU64::new(0)),
                 reader: None,
                 _checkpointer: None,
@@ -234,6 +240,16 @@ impl SqliteStore {
             .connect()
             .await
             .map_err(map_err)?;
+        let writer = Writer::open(
+            writer,
+            &DirectOptions {
+                path: opts.get_filename(),
+                cache_size: WRITER_CACHE,
+                wal_autocheckpoint: WRITER_AUTOCHECKPOINT,
+                journal_size_limit: JOURNAL_SIZE_LIMIT,
+                busy_timeout: BUSY_TIMEOUT,
+            },
+        )?;
         let checkpointer = opts.clone().connect().await.map_err(map_err)?;
         let writes = Arc::new(AtomicU64::new(0));
         let reader = SqlitePoolOptions::new()
@@ -291,7 +307,7 @@ impl SqliteStore {
         }
         let mut w = self.writer.lock().await;
         MIGRATOR
-            .run(&mut *w)
+            .run(&mut w.conn)
             .await
             .map_err(|e| MigrationError::Store(map_err(e.into())))
     }
@@ -352,16 +368,30 @@ impl SqliteStore {
     }
 
     /// The writer connection (waits for the current write to finish).
-    pub(crate) async fn write_conn(&self) -> MutexGuard<'_, SqliteConnection> {
+    pub(crate) async fn write_conn(&self) -> MappedMutexGuard<'_, SqliteConnection> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.writer.lock().await
+        MutexGuard::map(self.writer.lock().await, |w| &mut w.conn)
+    }
+
+    /// Runs `f` as one write transaction (`BEGIN IMMEDIATE … COMMIT`, rolled back when `f`
+    /// fails) synchronously on the writer's handle — no per-statement hand-off to sqlx's
+    /// connection thread (see `direct.rs`).
+    pub(crate) async fn write_direct<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writer.lock().await.transaction(f).await
     }
 
     /// A connection for reading (pooled reader, or the writer of an in-memory database).
     pub(crate) async fn read_conn(&self) -> StoreResult<ReadConn<'_>> {
         match &self.reader {
             Some(pool) => Ok(ReadConn::Pool(pool.acquire().await.map_err(map_err)?)),
-            None => Ok(ReadConn::Writer(self.writer.lock().await)),
+            None => Ok(ReadConn::Writer(MutexGuard::map(
+                self.writer.lock().await,
+                |w| &mut w.conn,
+            ))),
         }
     }
 }

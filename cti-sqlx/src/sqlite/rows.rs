@@ -40,39 +40,66 @@ pub(crate) fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn get<'r, T>(r: &'r SqliteRow, col: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+/// A column value both drivers decode: sqlx (every read) and rusqlite (the direct write
+/// transactions of `super::direct`).
+pub(crate) trait Col:
+    for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + rusqlite::types::FromSql
 {
-    r.try_get(col).map_err(map_err)
 }
 
-fn get_uuid(r: &SqliteRow, col: &str) -> StoreResult<Uuid> {
+impl<T> Col for T where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + rusqlite::types::FromSql
+{
+}
+
+/// A result row of either driver, read by column name, so one decoder per entity serves both.
+pub(crate) trait SqlRow {
+    /// The value of column `col`.
+    fn col<T: Col>(&self, col: &str) -> StoreResult<T>;
+}
+
+impl SqlRow for SqliteRow {
+    fn col<T: Col>(&self, col: &str) -> StoreResult<T> {
+        self.try_get(col).map_err(map_err)
+    }
+}
+
+impl SqlRow for rusqlite::Row<'_> {
+    fn col<T: Col>(&self, col: &str) -> StoreResult<T> {
+        self.get(col).map_err(super::direct::map_err)
+    }
+}
+
+fn get<T: Col>(r: &impl SqlRow, col: &str) -> StoreResult<T> {
+    r.col(col)
+}
+
+fn get_uuid(r: &impl SqlRow, col: &str) -> StoreResult<Uuid> {
     let s: String = get(r, col)?;
     common::uuid_from_text(col, &s)
 }
 
-fn get_app_id(r: &SqliteRow, col: &str) -> StoreResult<AppId> {
+fn get_app_id(r: &impl SqlRow, col: &str) -> StoreResult<AppId> {
     get_uuid(r, col).map(AppId)
 }
 
-fn get_ts(r: &SqliteRow, col: &str) -> StoreResult<Timestamp> {
+fn get_ts(r: &impl SqlRow, col: &str) -> StoreResult<Timestamp> {
     from_ts(col, get(r, col)?)
 }
 
-fn get_opt_ts(r: &SqliteRow, col: &str) -> StoreResult<Option<Timestamp>> {
+fn get_opt_ts(r: &impl SqlRow, col: &str) -> StoreResult<Option<Timestamp>> {
     from_opt_ts(col, get(r, col)?)
 }
 
-fn get_id(r: &SqliteRow, col: &str) -> StoreResult<DialpadId> {
+fn get_id(r: &impl SqlRow, col: &str) -> StoreResult<DialpadId> {
     common::dialpad_id(col, get(r, col)?)
 }
 
-fn get_opt_id(r: &SqliteRow, col: &str) -> StoreResult<Option<DialpadId>> {
+fn get_opt_id(r: &impl SqlRow, col: &str) -> StoreResult<Option<DialpadId>> {
     common::opt_dialpad_id(col, get(r, col)?)
 }
 
-fn get_bool(r: &SqliteRow, col: &str) -> StoreResult<bool> {
+fn get_bool(r: &impl SqlRow, col: &str) -> StoreResult<bool> {
     let v: i64 = get(r, col)?;
     Ok(v != 0)
 }
@@ -82,7 +109,7 @@ pub(crate) const APP_COLS: &str = "id, name, is_active, api_key_hint, api_key_is
      (api_key_lookup IS NOT NULL OR api_key IS NOT NULL) AS has_key, created_at, updated_at";
 
 /// Decodes [`APP_COLS`].
-pub(crate) fn app(r: &SqliteRow) -> StoreResult<App> {
+pub(crate) fn app(r: &impl SqlRow) -> StoreResult<App> {
     Ok(App {
         id: get_app_id(r, "id")?,
         name: get(r, "name")?,
@@ -100,7 +127,7 @@ pub(crate) const AUDIT_COLS: &str =
     "id, app_id, action, old_key_hint, new_key_hint, actor, request_ip, user_agent, created_at";
 
 /// Decodes [`AUDIT_COLS`].
-pub(crate) fn audit(r: &SqliteRow) -> StoreResult<AuditEntry> {
+pub(crate) fn audit(r: &impl SqlRow) -> StoreResult<AuditEntry> {
     let action: String = get(r, "action")?;
     Ok(AuditEntry {
         id: get_uuid(r, "id")?,
@@ -123,7 +150,7 @@ pub(crate) const EVENT_COLS: &str = "id, app_id, dedupe_key, event_type, call_id
      received_at, processed_at";
 
 /// Decodes [`EVENT_COLS`].
-pub(crate) fn event(r: &SqliteRow) -> StoreResult<InboxEvent> {
+pub(crate) fn event(r: &impl SqlRow) -> StoreResult<InboxEvent> {
     let payload: String = get(r, "payload")?;
     let status: String = get(r, "status")?;
     Ok(InboxEvent {
@@ -149,7 +176,7 @@ pub(crate) fn event(r: &SqliteRow) -> StoreResult<InboxEvent> {
 pub(crate) const OUTBOX_COLS: &str = "app_id, seq, event, payload, target_crm_user, created_at";
 
 /// Decodes [`OUTBOX_COLS`].
-pub(crate) fn published(r: &SqliteRow) -> StoreResult<PublishedEvent> {
+pub(crate) fn published(r: &impl SqlRow) -> StoreResult<PublishedEvent> {
     let payload: String = get(r, "payload")?;
     let seq: i64 = get(r, "seq")?;
     Ok(PublishedEvent {
@@ -169,7 +196,7 @@ pub(crate) const CALL_COLS: &str = "id, app_id, dialpad_call_id, direction, from
      held, merge_log, last_event_ms, raw_payload, created_at, updated_at";
 
 /// Decodes [`CALL_COLS`].
-pub(crate) fn call(r: &SqliteRow) -> StoreResult<Call> {
+pub(crate) fn call(r: &impl SqlRow) -> StoreResult<Call> {
     let direction: Option<String> = get(r, "direction")?;
     let status: String = get(r, "status")?;
     let merge_log: String = get(r, "merge_log")?;
@@ -207,7 +234,7 @@ pub(crate) const VOICEMAIL_COLS: &str = "id, app_id, dialpad_call_id, dialpad_us
      from_number, to_number, recording_url, transcript, duration_seconds, created_at, updated_at";
 
 /// Decodes [`VOICEMAIL_COLS`].
-pub(crate) fn voicemail(r: &SqliteRow) -> StoreResult<Voicemail> {
+pub(crate) fn voicemail(r: &impl SqlRow) -> StoreResult<Voicemail> {
     Ok(Voicemail {
         id: get_uuid(r, "id")?,
         app_id: get_app_id(r, "app_id")?,
@@ -228,7 +255,7 @@ pub(crate) const MESSAGE_COLS: &str = "id, app_id, dialpad_message_id, direction
      to_number, to_numbers, text, dialpad_user_id, sent_at, message_status, created_at, updated_at";
 
 /// Decodes [`MESSAGE_COLS`].
-pub(crate) fn message(r: &SqliteRow) -> StoreResult<Message> {
+pub(crate) fn message(r: &impl SqlRow) -> StoreResult<Message> {
     let direction: Option<String> = get(r, "direction")?;
     let to_numbers: Option<String> = get(r, "to_numbers")?;
     Ok(Message {
@@ -253,7 +280,7 @@ pub(crate) const MAPPING_COLS: &str =
     "id, app_id, dialpad_user_id, crm_user_id, created_at, updated_at";
 
 /// Decodes [`MAPPING_COLS`].
-pub(crate) fn mapping(r: &SqliteRow) -> StoreResult<UserMapping> {
+pub(crate) fn mapping(r: &impl SqlRow) -> StoreResult<UserMapping> {
     Ok(UserMapping {
         id: get_uuid(r, "id")?,
         app_id: get_app_id(r, "app_id")?,
@@ -269,7 +296,7 @@ pub(crate) const CONNECTION_COLS: &str = "id, app_id, dialpad_org_id, access_tok
      refresh_token_enc, token_expires_at, environment, status, created_at, updated_at";
 
 /// Decodes [`CONNECTION_COLS`].
-pub(crate) fn connection(r: &SqliteRow) -> StoreResult<DialpadConnection> {
+pub(crate) fn connection(r: &impl SqlRow) -> StoreResult<DialpadConnection> {
     let env: String = get(r, "environment")?;
     let environment = match env.as_str() {
         "sandbox" => DialpadEnvironment::Sandbox,
@@ -295,7 +322,7 @@ pub(crate) const WEBHOOK_COLS: &str =
     "id, app_id, webhook_id, hook_url, secret_enc, algo, signature_type, created_at, updated_at";
 
 /// Decodes [`WEBHOOK_COLS`].
-pub(crate) fn webhook(r: &SqliteRow) -> StoreResult<DialpadWebhook> {
+pub(crate) fn webhook(r: &impl SqlRow) -> StoreResult<DialpadWebhook> {
     Ok(DialpadWebhook {
         id: get_uuid(r, "id")?,
         app_id: get_app_id(r, "app_id")?,
@@ -314,7 +341,7 @@ pub(crate) const SUBSCRIPTION_COLS: &str =
     "id, app_id, webhook_id, kind, dialpad_subscription_id, config, created_at";
 
 /// Decodes [`SUBSCRIPTION_COLS`].
-pub(crate) fn subscription(r: &SqliteRow) -> StoreResult<DialpadSubscription> {
+pub(crate) fn subscription(r: &impl SqlRow) -> StoreResult<DialpadSubscription> {
     let kind: String = get(r, "kind")?;
     let config: String = get(r, "config")?;
     Ok(DialpadSubscription {

@@ -1,0 +1,173 @@
+//! Write transactions executed in one go on the writer connection's own SQLite handle.
+//!
+//! sqlx runs every statement on its connection thread: each statement is a channel send, a
+//! wake-up of that thread and a wake-up of the calling task, which then waits its turn in the
+//! runtime's queue behind the HTTP requests of a busy server. A batch transaction of a dozen
+//! statements spent most of its time (and the writer most of its hold) in those hand-offs.
+//! The hot write paths — inbox inserts, inline processing, completions — therefore run the
+//! whole `BEGIN IMMEDIATE … COMMIT` synchronously through rusqlite (same `libsqlite3-sys`, so
+//! the same SQLite library), with cached prepared single-row statements, inside
+//! `tokio::task::block_in_place` so the runtime moves its other tasks to another thread.
+//!
+//! The direct connection is part of the single writer: it is only used under the writer's
+//! mutex, so writes stay serialised in-process and the two connections never wait for each
+//! other's database lock. (A file database gets a second connection; an in-memory one, where
+//! a second connection would see another database, borrows the sqlx connection's handle.)
+
+use cti_core::store::{StoreError, StoreResult};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use sqlx::SqliteConnection;
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::common;
+
+/// Prepared statements kept per writer (every direct statement has a fixed text).
+const STATEMENT_CACHE: usize = 64;
+
+/// The rusqlite side of the writer.
+enum Direct {
+    /// File databases: a second connection to the same file, with the writer's settings. It
+    /// is only used under the writer mutex, like the sqlx connection, so the two never wait
+    /// for each other's database lock; it keeps its own statement and page caches warm.
+    Own(Connection),
+    /// In-memory databases (where a second connection would open another, empty database): a
+    /// view of the sqlx connection's own handle, created at first use and only used while
+    /// that handle is locked out of sqlx (`SqliteConnection::lock_handle`).
+    Shared(Option<Connection>),
+}
+
+/// The single writer: the sqlx connection (every other write) and the direct side.
+pub(crate) struct Writer {
+    /// Declared first: dropped — its statements finalized — before the connection closes.
+    direct: Direct,
+    /// The sqlx connection.
+    pub(crate) conn: SqliteConnection,
+}
+
+/// What the direct connection of a file database sets (the rest is the file's: WAL mode).
+pub(crate) struct DirectOptions<'a> {
+    pub path: &'a Path,
+    pub cache_size: &'a str,
+    pub wal_autocheckpoint: &'a str,
+    pub journal_size_limit: &'a str,
+    pub busy_timeout: Duration,
+}
+
+impl Writer {
+    /// The writer of a file database: `conn` plus its own direct connection.
+    pub(crate) fn open(conn: SqliteConnection, o: &DirectOptions<'_>) -> StoreResult<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let direct = Connection::open_with_flags(o.path, flags).map_err(map_err)?;
+        direct.busy_timeout(o.busy_timeout).map_err(map_err)?;
+        direct
+            .execute_batch(&format!(
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA temp_store = MEMORY; PRAGMA cache_size = {}; \
+                 PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {};",
+                o.cache_size, o.wal_autocheckpoint, o.journal_size_limit
+            ))
+            .map_err(map_err)?;
+        direct.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Self {
+            direct: Direct::Own(direct),
+            conn,
+        })
+    }
+
+    /// The writer of an in-memory database: direct transactions run on `conn`'s handle.
+    pub(crate) fn in_memory(conn: SqliteConnection) -> Self {
+        Self {
+            direct: Direct::Shared(None),
+            conn,
+        }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE … COMMIT`, synchronously: committed when `f` returns
+    /// `Ok`, rolled back when it returns `Err` or panics.
+    pub(crate) async fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        match &mut self.direct {
+            Direct::Own(direct) => run(direct, f),
+            Direct::Shared(view) => {
+                let mut handle = self.conn.lock_handle().await.map_err(common::map_err)?;
+                let direct = match view {
+                    Some(d) => d,
+                    empty => {
+                        // The crate's one `unsafe`: a view of the handle sqlx opened.
+                        // SAFETY: the handle stays open as long as `self.conn` (the view does
+                        // not own it and is dropped first, see `Writer`), and the view is only
+                        // used here, while `handle` keeps sqlx's worker away from the handle.
+                        #[allow(unsafe_code)]
+                        let d = unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }
+                            .map_err(map_err)?;
+                        d.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+                        empty.insert(d)
+                    }
+                };
+                let out = run(direct, f);
+                drop(handle);
+                out
+            }
+        }
+    }
+}
+
+/// [`Writer::transaction`] on `direct`, inside `block_in_place` on a multi-threaded runtime
+/// (the runtime hands this worker's other tasks to another thread meanwhile).
+fn run<T>(
+    direct: &mut Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let run = move || {
+        let tx = direct
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(map_err)?;
+        Ok(out)
+    };
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
+/// Maps a rusqlite error like [`common::map_err`] maps sqlx's: "cannot write now" codes →
+/// [`StoreError::Unavailable`], unique violations → [`StoreError::Conflict`], the rest →
+/// [`StoreError::Backend`]. SQLite's messages never contain parameter values.
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let msg = msg.as_deref().unwrap_or("");
+            let code = f.extended_code;
+            match f.code {
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::OutOfMemory
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen => StoreError::Unavailable(format!("sqlite {code}: {msg}")),
+                // 1555 PRIMARYKEY, 2067 UNIQUE.
+                ErrorCode::ConstraintViolation if matches!(code, 1555 | 2067) => {
+                    StoreError::Conflict(format!("unique constraint violated: {msg}"))
+                }
+                _ => StoreError::Backend(format!("sqlite {code}: {msg}")),
+            }
+        }
+        rusqlite::Error::FromSqlConversionFailure(i, _, source) => {
+            StoreError::Backend(format!("decoding column {i}: {source}"))
+        }
+        rusqlite::Error::InvalidColumnType(i, name, _) => {
+            StoreError::Backend(format!("decoding column {i} ({name}): unexpected type"))
+        }
+        rusqlite::Error::IntegralValueOutOfRange(i, _) => {
+            StoreError::Backend(format!("decoding column {i}: out of range"))
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
