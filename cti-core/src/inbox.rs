@@ -345,6 +345,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
 
 type InsertReply = oneshot::Sender<Result<InsertOutcome, IngestError>>;
 
+/// An event waiting for its group commit: the event, its normalised result when the batch
+/// will process it inline (computed by the request's task, in parallel, not by the writer
+/// that serialises the batches), and where to send the outcome.
+type Queued = (NewInboxEvent, Option<EventResult>, InsertReply);
+
 struct Inner {
     store: Arc<dyn Store>,
     bus: Arc<dyn EventBus>,
@@ -357,12 +362,20 @@ struct Inner {
     apps: TtlMap<AppId, App>,
     secrets: TtlMap<AppId, Arc<Vec<Secret<String>>>>,
     wake: Notify,
-    insert_tx: mpsc::Sender<(NewInboxEvent, InsertReply)>,
-    insert_rx: Mutex<Option<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>,
+    insert_tx: mpsc::Sender<Queued>,
+    insert_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// Events this process committed, handed to its relay without a read of the outbox
     /// (bounded; when full, the relay reads them from the store after the bus wake-up).
     published_tx: mpsc::Sender<Vec<PublishedEvent>>,
     published_rx: Mutex<Option<mpsc::Receiver<Vec<PublishedEvent>>>>,
+}
+
+impl Inner {
+    /// Whether ingest batches are processed in their insert's transaction
+    /// ([`CtiConfig::inline_processing`] and a store that supports it).
+    fn processes_inline(&self) -> bool {
+        self.config.inline_processing && self.store.processes_inline()
+    }
 }
 
 /// Batches of committed events queued for this process's relay.
@@ -681,10 +694,13 @@ impl Cti {
             payload,
             received_at: now,
         };
+        let result = inner
+            .processes_inline()
+            .then(|| event_result(normalize_json(&ev.payload, ev.received_at)));
         let (tx, rx) = oneshot::channel();
         inner
             .insert_tx
-            .send((ev, tx))
+            .send((ev, result, tx))
             .await
             .map_err(|_| IngestError::Unavailable("ingest writer stopped".into()))?;
         let outcome = rx
@@ -1188,7 +1204,7 @@ impl RelayHooks {
 
 async fn insert_writer(
     cti: Cti,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(NewInboxEvent, InsertReply)>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     mut ready: tokio::sync::watch::Receiver<bool>,
 ) {
     if ready.wait_for(|r| *r).await.is_err() {
@@ -1210,8 +1226,15 @@ async fn insert_writer(
                 }
             }
         }
-        let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match write_batch(&cti, events).await {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (e, r, reply) in batch {
+            events.push(e);
+            results.push(r);
+            replies.push(reply);
+        }
+        match write_batch(&cti, events, results).await {
             Ok(outcomes) => {
                 for (r, o) in replies.into_iter().zip(outcomes) {
                     let _ = r.send(Ok(o));
@@ -1230,18 +1253,26 @@ async fn insert_writer(
 /// Inserts one group-commit batch — processing it in the same transaction when
 /// [`CtiConfig::inline_processing`] is on — publishes what it produced, and wakes the
 /// processor for what is left pending.
-async fn write_batch(cti: &Cti, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>> {
+async fn write_batch(
+    cti: &Cti,
+    events: Vec<NewInboxEvent>,
+    results: Vec<Option<EventResult>>,
+) -> StoreResult<Vec<InsertOutcome>> {
     let inner = &cti.inner;
-    if !inner.config.inline_processing || !inner.store.processes_inline() {
+    if !inner.processes_inline() {
         let outcomes = inner.store.inbox_insert(events).await?;
         if outcomes.iter().any(|o| !o.is_duplicate()) {
             inner.wake.notify_one();
         }
         return Ok(outcomes);
     }
+    // Normalised by the requests' tasks (`ingest`); the same pure function otherwise.
     let results = events
         .iter()
-        .map(|e| Some(event_result(normalize_json(&e.payload, e.received_at))))
+        .zip(results)
+        .map(|(e, r)| {
+            Some(r.unwrap_or_else(|| event_result(normalize_json(&e.payload, e.received_at))))
+        })
         .collect();
     let done = match inner
         .store
