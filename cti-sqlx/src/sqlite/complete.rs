@@ -123,7 +123,7 @@ pub(super) fn complete_held(
             }
         }
     };
-    write(tx, &plan, now)?;
+    write(tx, &plan, &loaded, now)?;
     for (index, published) in plan.published {
         out[index] = Ok(published);
     }
@@ -237,10 +237,79 @@ fn read_user(tx: &Connection, (app, user): Key) -> StoreResult<Option<String>> {
     .map_err(map_err)
 }
 
+/// Updates a stored call to `new`, writing only the listed columns that changed.
+///
+/// An `UPDATE` rewrites the entries of every index on a column its `SET` names — whether the
+/// value changed or not — and `calls` has eight list indexes, two of them keyed by phone
+/// number (a random page each). So the columns the list indexes use go in separate statements
+/// that run only when their values changed: on a typical event only the status moves.
+fn update_call(tx: &Connection, old: &Call, new: &Call) -> StoreResult<()> {
+    let id = new.id.to_string();
+    tx.prepare_cached(
+        "UPDATE calls SET dialpad_user_id = ?2, target_type = ?3, target_id = ?4, \
+         answered_at = ?5, ended_at = ?6, duration_seconds = ?7, recording_url = ?8, \
+         is_voicemail = ?9, voicemail_audio_url = ?10, transcript = ?11, held = ?12, \
+         merge_log = ?13, last_event_ms = ?14, raw_payload = ?15, updated_at = ?16 \
+         WHERE id = ?1",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        id,
+        new.dialpad_user_id.map(DialpadId::as_i64),
+        new.target_type,
+        new.target_id.map(DialpadId::as_i64),
+        rows::opt_ts(new.answered_at.as_ref()),
+        rows::opt_ts(new.ended_at.as_ref()),
+        new.duration_seconds,
+        new.recording_url,
+        i64::from(new.is_voicemail),
+        new.voicemail_audio_url,
+        new.transcript,
+        i64::from(new.held),
+        common::merge_log_to_json(&new.merge_log)?,
+        new.last_event_ms,
+        new.raw_payload.as_ref().map(JsonText::as_str),
+        ts(&new.updated_at),
+    ])
+    .map_err(map_err)?;
+    if new.status != old.status {
+        tx.prepare_cached("UPDATE calls SET status = ?2 WHERE id = ?1")
+            .map_err(map_err)?
+            .execute(params![id, new.status.as_str()])
+            .map_err(map_err)?;
+    }
+    if new.direction != old.direction
+        || new.from_number != old.from_number
+        || new.to_number != old.to_number
+        || new.started_at != old.started_at
+        || new.created_at != old.created_at
+    {
+        tx.prepare_cached(
+            "UPDATE calls SET direction = ?2, from_number = ?3, to_number = ?4, \
+             started_at = ?5, created_at = ?6 WHERE id = ?1",
+        )
+        .map_err(map_err)?
+        .execute(params![
+            id,
+            new.direction.map(Direction::as_str),
+            new.from_number,
+            new.to_number,
+            rows::opt_ts(new.started_at.as_ref()),
+            ts(&new.created_at),
+        ])
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// Step 4: writes the changed records, the new sequence heads and the outbox.
-fn write(tx: &Connection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
+fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> StoreResult<()> {
     let mut stmt = tx.prepare_cached(&UPSERT_CALL).map_err(map_err)?;
     for c in &plan.calls {
+        if let Some(old) = loaded.calls.get(&(c.app_id, c.dialpad_call_id)) {
+            update_call(tx, old, c)?;
+            continue;
+        }
         let merge_log = common::merge_log_to_json(&c.merge_log)?;
         stmt.execute(params![
             c.id.to_string(),
