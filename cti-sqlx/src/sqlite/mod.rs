@@ -83,12 +83,14 @@ const READER_CACHE: &str = "-8192";
 /// idle database is not checkpointed.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The writer checkpoints by itself only past this many WAL pages (80 MiB; SQLite's default
-/// is 1000). Normally the background checkpoint keeps the WAL far smaller; this is only a bound
-/// should it fall behind. A writer checkpoint runs on the writer's thread, with `fsync`s, while
-/// ingest waits: at 4,000 pages it still fired under flat-out load and cost ~20 % of ingest
-/// throughput.
-const WRITER_AUTOCHECKPOINT: &str = "20000";
+/// The writer checkpoints by itself past this many WAL pages (40 MiB; SQLite's default is
+/// 1000). Under steady writes the background checkpoint copies the frames but cannot let the
+/// WAL restart (the writer has always appended more since), so it is this checkpoint — on the
+/// writer's thread, with `fsync`s, while ingest waits, but short because the frames are already
+/// copied — that restarts the WAL. Measured (docs/performance.md): 4,000 pages cost ~8 % of
+/// flat-out throughput; 20,000 pages let the WAL pass [`JOURNAL_SIZE_LIMIT`] (truncated and
+/// re-grown every cycle) and doubled the open-loop p99 in some runs; 100,000 pages: p99 88 ms.
+const WRITER_AUTOCHECKPOINT: &str = "10000";
 
 /// The WAL file is truncated back to this size (bytes) after it was reset.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
