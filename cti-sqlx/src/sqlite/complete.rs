@@ -43,45 +43,42 @@ static SELECT_VOICEMAILS: LazyLock<String> = LazyLock::new(|| {
 static SELECT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {MESSAGE_COLS} FROM messages WHERE app_id = ?1 AND dialpad_message_id = ?2")
 });
-static UPSERT_CALL: LazyLock<String> = LazyLock::new(|| {
+/// `INSERT INTO table (cols) VALUES (?1, …) ON CONFLICT (conflict) DO UPDATE` of every column
+/// except `keep` (the row's identity and creation time) to the new row's value.
+fn upsert(table: &str, cols: &str, conflict: &str, keep: &[&str]) -> String {
+    let set = cols
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !keep.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "INSERT INTO calls ({CALL_COLS}) VALUES ({}) \
-         ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET
-            direction = excluded.direction, from_number = excluded.from_number,
-            to_number = excluded.to_number, status = excluded.status,
-            dialpad_user_id = excluded.dialpad_user_id, target_type = excluded.target_type,
-            target_id = excluded.target_id, started_at = excluded.started_at,
-            answered_at = excluded.answered_at, ended_at = excluded.ended_at,
-            duration_seconds = excluded.duration_seconds, recording_url = excluded.recording_url,
-            is_voicemail = excluded.is_voicemail,
-            voicemail_audio_url = excluded.voicemail_audio_url, transcript = excluded.transcript,
-            held = excluded.held, merge_log = excluded.merge_log,
-            last_event_ms = excluded.last_event_ms, raw_payload = excluded.raw_payload,
-            updated_at = excluded.updated_at",
-        placeholders(width(CALL_COLS))
+        "INSERT INTO {table} ({cols}) VALUES ({}) ON CONFLICT ({conflict}) DO UPDATE SET {set}",
+        placeholders(width(cols))
     )
+}
+
+/// New calls (a stored call is changed by [`update_call`]).
+static UPSERT_CALL: LazyLock<String> = LazyLock::new(|| {
+    let keep = ["id", "app_id", "dialpad_call_id", "created_at"];
+    upsert("calls", CALL_COLS, "app_id, dialpad_call_id", &keep)
 });
 static UPSERT_VOICEMAIL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO voicemails ({VOICEMAIL_COLS}) VALUES ({}) \
-         ON CONFLICT (id) DO UPDATE SET
-            dialpad_call_id = excluded.dialpad_call_id, dialpad_user_id = excluded.dialpad_user_id,
-            from_number = excluded.from_number, to_number = excluded.to_number,
-            recording_url = excluded.recording_url, transcript = excluded.transcript,
-            duration_seconds = excluded.duration_seconds, updated_at = excluded.updated_at",
-        placeholders(width(VOICEMAIL_COLS))
+    upsert(
+        "voicemails",
+        VOICEMAIL_COLS,
+        "id",
+        &["id", "app_id", "created_at"],
     )
 });
 static UPSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO messages ({MESSAGE_COLS}) VALUES ({}) \
-         ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET
-            direction = excluded.direction, from_number = excluded.from_number,
-            to_number = excluded.to_number, to_numbers = excluded.to_numbers,
-            text = excluded.text, dialpad_user_id = excluded.dialpad_user_id,
-            sent_at = excluded.sent_at, message_status = excluded.message_status,
-            updated_at = excluded.updated_at",
-        placeholders(width(MESSAGE_COLS))
+    let keep = ["id", "app_id", "dialpad_message_id", "created_at"];
+    upsert(
+        "messages",
+        MESSAGE_COLS,
+        "app_id, dialpad_message_id",
+        &keep,
     )
 });
 
@@ -175,37 +172,18 @@ fn finish(
 fn load(tx: &Connection, items: &[Item<'_>]) -> StoreResult<Loaded> {
     let keys = batch::keys(items);
     let mut loaded = Loaded::default();
-    let mut stmt = tx.prepare_cached(&SELECT_CALL).map_err(map_err)?;
-    for (app, id) in &keys.calls {
-        let mut rows = stmt
-            .query(params![app.0.to_string(), id.as_i64()])
-            .map_err(map_err)?;
-        if let Some(r) = rows.next().map_err(map_err)? {
-            let c = rows::call(r)?;
-            loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
+    for c in by_key(tx, &SELECT_CALL, &keys.calls, |r| rows::call(r))? {
+        loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
+    }
+    for v in by_key(tx, &SELECT_VOICEMAILS, &keys.voicemails, |r| {
+        rows::voicemail(r)
+    })? {
+        if let Some(k) = v.dialpad_call_id {
+            loaded.voicemails.insert((v.app_id, k), v);
         }
     }
-    let mut stmt = tx.prepare_cached(&SELECT_VOICEMAILS).map_err(map_err)?;
-    for (app, id) in &keys.voicemails {
-        let mut rows = stmt
-            .query(params![app.0.to_string(), id.as_i64()])
-            .map_err(map_err)?;
-        while let Some(r) = rows.next().map_err(map_err)? {
-            let v = rows::voicemail(r)?;
-            if let Some(k) = v.dialpad_call_id {
-                loaded.voicemails.insert((v.app_id, k), v);
-            }
-        }
-    }
-    let mut stmt = tx.prepare_cached(&SELECT_MESSAGE).map_err(map_err)?;
-    for (app, id) in &keys.messages {
-        let mut rows = stmt
-            .query(params![app.0.to_string(), id.as_i64()])
-            .map_err(map_err)?;
-        if let Some(r) = rows.next().map_err(map_err)? {
-            let m = rows::message(r)?;
-            loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
-        }
+    for m in by_key(tx, &SELECT_MESSAGE, &keys.messages, |r| rows::message(r))? {
+        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
     }
     for user in batch::user_keys(items, &loaded) {
         let crm = read_user(tx, user)?;
@@ -224,6 +202,26 @@ fn load(tx: &Connection, items: &[Item<'_>]) -> StoreResult<Loaded> {
         }
     }
     Ok(loaded)
+}
+
+/// The rows `sql` (parameters `?1` app, `?2` Dialpad id) returns for each of `keys`, decoded.
+fn by_key<T>(
+    tx: &Connection,
+    sql: &str,
+    keys: &[Key],
+    decode: impl Fn(&rusqlite::Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for (app, id) in keys {
+        let mut rows = stmt
+            .query(params![app.0.to_string(), id.as_i64()])
+            .map_err(map_err)?;
+        while let Some(r) = rows.next().map_err(map_err)? {
+            out.push(decode(r)?);
+        }
+    }
+    Ok(out)
 }
 
 /// The CRM user mapped to a Dialpad user (`None`: no mapping).
@@ -403,4 +401,28 @@ fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> Store
         .map_err(map_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upserts_set_every_column_but_the_identity() {
+        let sql = upsert(
+            "t",
+            "id, app_id, a, b, created_at",
+            "app_id, a",
+            &["id", "app_id", "created_at"],
+        );
+        assert_eq!(
+            sql,
+            "INSERT INTO t (id, app_id, a, b, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (app_id, a) DO UPDATE SET a = excluded.a, b = excluded.b"
+        );
+        assert!(UPSERT_CALL.contains("raw_payload = excluded.raw_payload"));
+        assert!(!UPSERT_CALL.contains("created_at = excluded"));
+        assert!(UPSERT_MESSAGE.contains("to_numbers = excluded.to_numbers"));
+        assert!(UPSERT_VOICEMAIL.contains("dialpad_call_id = excluded.dialpad_call_id"));
+    }
 }
