@@ -1691,6 +1691,15 @@ pub async fn insert_processed(s: Arc<dyn Store>) {
     assert_eq!((eb.status, eb.attempts), (EventStatus::Pending, 0));
     assert_eq!((ec.status, ec.attempts), (EventStatus::Done, 1));
     assert_eq!(ed.status, EventStatus::Ignored);
+    // Finished like a completion: processed now, no lease left, the ignore reason recorded.
+    let processed = Some(t0() + secs(5));
+    assert_eq!((ec.processed_at, ec.locked_until), (processed, None));
+    assert_eq!(
+        (ed.attempts, ed.processed_at, ed.locked_until),
+        (1, processed, None)
+    );
+    assert_eq!(ed.last_error.as_deref(), Some("ignored: test"));
+    assert_eq!(eb.processed_at, None);
     assert_eq!(s.events_since(a.id, 0, 10).await.unwrap().len(), 2);
     // The processor then hands out call 1's events oldest first.
     let claimed = s.inbox_claim(10, lease, t0() + secs(6)).await.unwrap();

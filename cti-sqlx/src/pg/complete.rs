@@ -94,7 +94,20 @@ pub(super) async fn complete_in(
             .map_err(pg_err)?;
     }
     let held = finish(&mut *tx, items, now).await?;
-    let (mut out, applying) = batch::split(items, &held);
+    apply_held(tx, items, &held, now).await
+}
+
+/// [`complete_in`] after the app locks and the lease check: `held` are the items whose events
+/// this transaction holds and already carry their final status (with their apps).
+pub(super) async fn apply_held(
+    tx: &mut PgConnection,
+    items: &[Completion],
+    held: &HashMap<Uuid, AppId>,
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
+    // PostgreSQL keeps microseconds: publish exactly the times it stores.
+    let now = now.round_subsecs(6);
+    let (mut out, applying) = batch::split(items, held);
     if !applying.is_empty() {
         let mut loaded = load(&mut *tx, &applying).await?;
         let plan = loop {

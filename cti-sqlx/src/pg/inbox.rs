@@ -131,7 +131,9 @@ impl InboxStore for PgStore {
         if batch::inline::is_empty(news, &results)? {
             return Ok(InsertProcessed::default());
         }
-        let until = lease_until(now, lease);
+        let _ = lease; // The rows are born finished: the transaction is the lease.
+        // PostgreSQL keeps microseconds: store and publish the same processing time.
+        let now = chrono::SubsecRound::round_subsecs(now, 6);
         let mut tx = self.pool.begin().await.map_err(pg_err)?;
         // The apps' applier locks first (as every completion takes them): the per-call check
         // below then sees every event an earlier applier of these apps committed.
@@ -149,16 +151,33 @@ impl InboxStore for PgStore {
         .map_err(pg_err)?;
         let blocked = calls_with_unfinished(&mut tx, news).await?;
         let claim = batch::inline::claims(news, &results, &blocked);
-        let outcomes = insert_in(&mut tx, news, Some((&claim, until))).await?;
+        // Processed events are inserted with their final status (attempt 1) straight away —
+        // no `processing` row to finish with a second statement.
+        let born: Vec<Option<Born>> = claim
+            .iter()
+            .zip(&results)
+            .map(|(c, r)| match (c, r) {
+                (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
+                (true, Some(EventResult::Ignored(reason))) => {
+                    Some((EventStatus::Ignored, Some(reason.as_str())))
+                }
+                _ => None,
+            })
+            .collect();
+        let outcomes = insert_in(&mut tx, news, Some((&born, now))).await?;
         let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
-        let done = super::complete::complete_in(&mut tx, &items, now).await?;
+        let held: HashMap<Uuid, AppId> = order
+            .iter()
+            .map(|&i| (news[i].id, news[i].app_id))
+            .collect();
+        let done = super::complete::apply_held(&mut tx, &items, &held, now).await?;
         let mut failed = Vec::new();
         let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
         // The processor retries these (attempt 1 is spent, as after a failed claim).
         for (id, error) in failed {
             sqlx::query(
                 "UPDATE webhook_events SET status = 'failed', last_error = $1, \
-                 next_attempt_at = $2, locked_until = NULL WHERE id = $3",
+                 next_attempt_at = $2, processed_at = NULL, locked_until = NULL WHERE id = $3",
             )
             .bind(error)
             .bind(now)
@@ -403,10 +422,16 @@ impl InboxStore for PgStore {
 
 /// Inserts `events` if absent on `(app_id, dedupe_key)` on `conn`; with `claim`, the flagged
 /// events are stored claimed (`processing`, attempt 1, leased until the given time).
+/// The final status (and `ignored` reason) of an event processed in its insert's transaction.
+type Born<'a> = (EventStatus, Option<&'a str>);
+
+/// Inserts `events` (a key repeated in the batch keeps its first event) and reports each
+/// event's outcome. With `born`, the events that have a status are stored finished (attempt
+/// 1, processed at the given time); the others are `pending`.
 async fn insert_in(
     conn: &mut PgConnection,
     events: &[NewInboxEvent],
-    claim: Option<(&[bool], Timestamp)>,
+    born: Option<(&[Option<Born<'_>>], Timestamp)>,
 ) -> StoreResult<Vec<InsertOutcome>> {
     // First occurrence of each (app, dedupe_key) in the batch; later ones are duplicates of it.
     let mut first: HashMap<(AppId, &str), usize> = HashMap::with_capacity(events.len());
@@ -424,7 +449,8 @@ async fn insert_in(
     let k = firsts.len();
     let mut statuses: Vec<&str> = Vec::with_capacity(k);
     let mut attempts: Vec<i32> = Vec::with_capacity(k);
-    let mut leases: Vec<Option<Timestamp>> = Vec::with_capacity(k);
+    let mut processed: Vec<Option<Timestamp>> = Vec::with_capacity(k);
+    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(k);
     let (
         mut ids,
         mut apps,
@@ -457,28 +483,26 @@ async fn insert_in(
         stamps.push(e.event_timestamp);
         payloads.push(e.payload.as_str());
         received.push(e.received_at);
-        let until = claim.and_then(|(flags, until)| flags[i].then_some(until));
-        statuses.push(if until.is_some() {
-            "processing"
-        } else {
-            "pending"
-        });
-        attempts.push(i32::from(until.is_some()));
-        leases.push(until);
+        let finished = born.and_then(|(b, at)| b.get(i).copied().flatten().map(|b| (b, at)));
+        statuses.push(finished.map_or("pending", |((status, _), _)| status.as_str()));
+        attempts.push(i32::from(finished.is_some()));
+        processed.push(finished.map(|(_, at)| at));
+        reasons.push(finished.and_then(|((_, reason), _)| reason));
     }
     // One statement for the whole batch (one commit). WITH ORDINALITY keeps the batch order
     // for `arrival`.
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
          event_timestamp, payload, status, attempts, next_attempt_at, received_at, \
-         locked_until) \
+         processed_at, last_error) \
          SELECT u.id, u.app_id, u.dedupe_key, u.event_type, u.call_id, u.state, u.event_timestamp, \
-         u.payload, u.status, u.attempts, u.received_at, u.received_at, u.locked_until \
+         u.payload, u.status, u.attempts, u.received_at, u.received_at, u.processed_at, \
+         u.last_error \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
          $7::int8[], $8::text[]::jsonb[], $9::timestamptz[], $10::text[], $11::int4[], \
-         $12::timestamptz[]) WITH ORDINALITY \
+         $12::timestamptz[], $13::text[]) WITH ORDINALITY \
          AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, \
-         received_at, status, attempts, locked_until, ord) \
+         received_at, status, attempts, processed_at, last_error, ord) \
          ORDER BY u.ord \
          ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING id",
     )
@@ -493,7 +517,8 @@ async fn insert_in(
     .bind(&received)
     .bind(&statuses)
     .bind(&attempts)
-    .bind(&leases)
+    .bind(&processed)
+    .bind(&reasons)
     .fetch_all(&mut *conn)
     .await
     .map_err(pg_err)?;
