@@ -1,4 +1,5 @@
-//! Write transactions executed in one go on the writer connection's own SQLite handle.
+//! Write transactions executed in one synchronous call through rusqlite, as part of the
+//! single writer.
 //!
 //! sqlx runs every statement on its connection thread: each statement is a channel send, a
 //! wake-up of that thread and a wake-up of the calling task, which then waits its turn in the
@@ -14,10 +15,10 @@
 //! other's database lock. (A file database gets a second connection; an in-memory one, where
 //! a second connection would see another database, borrows the sqlx connection's handle.)
 
-use cti_core::store::{StoreError, StoreResult};
 use std::path::Path;
 use std::time::Duration;
 
+use cti_core::store::{StoreError, StoreResult};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use sqlx::SqliteConnection;
 use tokio::runtime::{Handle, RuntimeFlavor};
