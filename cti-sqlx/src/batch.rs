@@ -330,6 +330,29 @@ pub(crate) mod inline {
             .collect()
     }
 
+    /// The final status (and `ignored` reason) of an event processed in its insert's
+    /// transaction: stored finished straight away (attempt 1), no `processing` row to finish
+    /// with a second write.
+    pub(crate) type Born<'a> = (EventStatus, Option<&'a str>);
+
+    /// The final status of each event of `claims` (`None`: stored `pending`).
+    pub(crate) fn born<'a>(
+        claim: &[bool],
+        results: &'a [Option<EventResult>],
+    ) -> Vec<Option<Born<'a>>> {
+        claim
+            .iter()
+            .zip(results)
+            .map(|(c, r)| match (c, r) {
+                (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
+                (true, Some(EventResult::Ignored(reason))) => {
+                    Some((EventStatus::Ignored, Some(reason.as_str())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The completions of the events stored claimed and new, in event-time order (the order a
     /// claim would hand them out in), with their positions in the batch.
     pub(crate) fn completions(

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::*;
-use crate::batch;
+use crate::batch::{self, inline::Born};
 use crate::common;
 
 /// `TRUE` when the event (alias `e`) may be claimed at `$1`: pending/failed and due, or
@@ -151,19 +151,8 @@ impl InboxStore for PgStore {
         .map_err(pg_err)?;
         let blocked = calls_with_unfinished(&mut tx, news).await?;
         let claim = batch::inline::claims(news, &results, &blocked);
-        // Processed events are inserted with their final status (attempt 1) straight away —
-        // no `processing` row to finish with a second statement.
-        let born: Vec<Option<Born>> = claim
-            .iter()
-            .zip(&results)
-            .map(|(c, r)| match (c, r) {
-                (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
-                (true, Some(EventResult::Ignored(reason))) => {
-                    Some((EventStatus::Ignored, Some(reason.as_str())))
-                }
-                _ => None,
-            })
-            .collect();
+        // Processed events are inserted finished; the transaction is the lease.
+        let born = batch::inline::born(&claim, &results);
         let outcomes = insert_in(&mut tx, news, Some((&born, now))).await?;
         let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
         let held: HashMap<Uuid, AppId> = order
@@ -422,9 +411,6 @@ impl InboxStore for PgStore {
 
 /// Inserts `events` if absent on `(app_id, dedupe_key)` on `conn`; with `claim`, the flagged
 /// events are stored claimed (`processing`, attempt 1, leased until the given time).
-/// The final status (and `ignored` reason) of an event processed in its insert's transaction.
-type Born<'a> = (EventStatus, Option<&'a str>);
-
 /// Inserts `events` (a key repeated in the batch keeps its first event) and reports each
 /// event's outcome. With `born`, the events that have a status are stored finished (attempt
 /// 1, processed at the given time); the others are `pending`.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::complete::{complete_held, complete_set};
 use super::rows::{self, EVENT_COLS, OUTBOX_COLS, int, ts};
 use super::{SqliteStore, begin_immediate, direct};
-use crate::batch;
+use crate::batch::{self, inline::Born};
 use crate::common::{self, map_err};
 use sqlx::Connection;
 
@@ -70,20 +70,8 @@ impl InboxStore for SqliteStore {
             // processor (which hands them out after the older ones).
             let blocked = calls_with_unfinished(tx, news)?;
             let claim = batch::inline::claims(news, &results, &blocked);
-            // Processed events are inserted with their final status (attempt 1) straight
-            // away — no `processing` row to finish with a second write; the transaction is
-            // the lease.
-            let born: Vec<Option<Born>> = claim
-                .iter()
-                .zip(&results)
-                .map(|(c, r)| match (c, r) {
-                    (true, Some(EventResult::Apply(_))) => Some((EventStatus::Done, None)),
-                    (true, Some(EventResult::Ignored(reason))) => {
-                        Some((EventStatus::Ignored, Some(reason.clone())))
-                    }
-                    _ => None,
-                })
-                .collect();
+            // Processed events are inserted finished; the transaction is the lease.
+            let born = batch::inline::born(&claim, &results);
             let outcomes = insert_events(tx, news, Pending::Born(&born, now_us))?;
             let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
             let held: HashMap<Uuid, AppId> = order
@@ -422,9 +410,6 @@ fn insert_events(
     Ok(out)
 }
 
-/// The final status (and `ignored` reason) of an event processed in its insert's transaction.
-type Born = (EventStatus, Option<String>);
-
 /// Which events [`insert_events`] stores already finished.
 #[derive(Clone, Copy)]
 enum Pending<'a> {
@@ -432,7 +417,7 @@ enum Pending<'a> {
     All,
     /// Those with a status are stored finished (attempt 1, processed at this time, µs); the
     /// others are `pending`.
-    Born(&'a [Option<Born>], i64),
+    Born(&'a [Option<Born<'a>>], i64),
 }
 
 impl<'a> Pending<'a> {
@@ -442,8 +427,9 @@ impl<'a> Pending<'a> {
             Pending::All => None,
             Pending::Born(born, at) => born
                 .get(i)
-                .and_then(Option::as_ref)
-                .map(|(status, reason)| (*status, at, reason.as_deref())),
+                .copied()
+                .flatten()
+                .map(|(status, reason)| (status, at, reason)),
         }
     }
 }
