@@ -172,3 +172,73 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
         _ => StoreError::Backend(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(extended: i32, msg: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(extended), Some(msg.into()))
+    }
+
+    #[test]
+    fn cannot_write_now_is_unavailable() {
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_FULL,
+        ] {
+            let e = map_err(failure(code, "database is locked"));
+            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn unique_violations_are_conflicts_other_constraints_backend_errors() {
+        for code in [
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ] {
+            let e = map_err(failure(code, "UNIQUE constraint failed: calls.id"));
+            assert!(matches!(e, StoreError::Conflict(_)), "{code}: {e:?}");
+        }
+        let e = map_err(failure(
+            ffi::SQLITE_CONSTRAINT_CHECK,
+            "CHECK constraint failed",
+        ));
+        assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_real_statement_error_maps_and_rolls_back() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .unwrap();
+        let out = run(&mut conn, |tx| {
+            tx.execute("INSERT INTO t VALUES ('a')", [])
+                .map_err(map_err)?;
+            tx.execute("INSERT INTO t VALUES ('a')", [])
+                .map_err(map_err)?;
+            Ok(())
+        });
+        assert!(matches!(out, Err(StoreError::Conflict(_))), "{out:?}");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            n, 0,
+            "the first insert was rolled back with the transaction"
+        );
+        run(&mut conn, |tx| {
+            tx.execute("INSERT INTO t VALUES ('b')", [])
+                .map_err(map_err)
+        })
+        .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "committed when the closure succeeds");
+    }
+}
