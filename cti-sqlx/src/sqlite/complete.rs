@@ -13,7 +13,8 @@ use std::sync::LazyLock;
 use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::store::*;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use uuid::Uuid;
 
 use super::direct::map_err;
@@ -235,67 +236,111 @@ fn read_user(tx: &Connection, (app, user): Key) -> StoreResult<Option<String>> {
     .map_err(map_err)
 }
 
-/// Updates a stored call to `new`, writing only the listed columns that changed.
+/// Columns of `calls` that the list indexes use besides the status (rarely change).
+const CALL_LISTED: &[&str] = &[
+    "direction",
+    "from_number",
+    "to_number",
+    "started_at",
+    "created_at",
+];
+
+/// The three partial updates of a stored call: `(statement, positions in CALL_COLS of its
+/// parameters)` — the details (every column but the identity, the status and
+/// [`CALL_LISTED`]; always written), the status, the listed columns.
+static CALL_UPDATES: LazyLock<[(String, Vec<usize>); 3]> = LazyLock::new(|| {
+    let cols: Vec<&str> = CALL_COLS.split(',').map(str::trim).collect();
+    let update = |set: Vec<&str>| {
+        let assignments: Vec<String> = (2..)
+            .zip(&set)
+            .map(|(i, c)| format!("{c} = ?{i}"))
+            .collect();
+        let sql = format!("UPDATE calls SET {} WHERE id = ?1", assignments.join(", "));
+        let positions = std::iter::once("id")
+            .chain(set.iter().copied())
+            .filter_map(|c| cols.iter().position(|x| *x == c))
+            .collect();
+        (sql, positions)
+    };
+    let details = cols
+        .iter()
+        .copied()
+        .filter(|c| !["id", "app_id", "dialpad_call_id", "status"].contains(c))
+        .filter(|c| !CALL_LISTED.contains(c))
+        .collect();
+    [
+        update(details),
+        update(vec!["status"]),
+        update(CALL_LISTED.to_vec()),
+    ]
+});
+
+/// A call's column values in [`CALL_COLS`] order (text borrowed from the call), for the insert
+/// and the partial updates alike.
+fn call_values(c: &Call) -> StoreResult<Vec<ToSqlOutput<'_>>> {
+    fn text(s: Option<&str>) -> ToSqlOutput<'_> {
+        s.map_or(ToSqlOutput::Owned(Value::Null), |s| {
+            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+        })
+    }
+    fn int(v: Option<i64>) -> ToSqlOutput<'static> {
+        ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer))
+    }
+    Ok(vec![
+        ToSqlOutput::Owned(Value::Text(c.id.to_string())),
+        ToSqlOutput::Owned(Value::Text(c.app_id.0.to_string())),
+        int(Some(c.dialpad_call_id.as_i64())),
+        text(c.direction.map(Direction::as_str)),
+        text(c.from_number.as_deref()),
+        text(c.to_number.as_deref()),
+        text(Some(c.status.as_str())),
+        int(c.dialpad_user_id.map(DialpadId::as_i64)),
+        text(c.target_type.as_deref()),
+        int(c.target_id.map(DialpadId::as_i64)),
+        int(rows::opt_ts(c.started_at.as_ref())),
+        int(rows::opt_ts(c.answered_at.as_ref())),
+        int(rows::opt_ts(c.ended_at.as_ref())),
+        int(c.duration_seconds),
+        text(c.recording_url.as_deref()),
+        int(Some(i64::from(c.is_voicemail))),
+        text(c.voicemail_audio_url.as_deref()),
+        text(c.transcript.as_deref()),
+        int(Some(i64::from(c.held))),
+        ToSqlOutput::Owned(Value::Text(common::merge_log_to_json(&c.merge_log)?)),
+        int(Some(c.last_event_ms)),
+        text(c.raw_payload.as_ref().map(JsonText::as_str)),
+        int(Some(ts(&c.created_at))),
+        int(Some(ts(&c.updated_at))),
+    ])
+}
+
+/// Updates a stored call to `new`, writing the status and the [`CALL_LISTED`] columns only
+/// when they changed.
 ///
 /// An `UPDATE` rewrites the entries of every index on a column its `SET` names — whether the
 /// value changed or not — and `calls` has eight list indexes, two of them keyed by phone
 /// number (a random page each). So the columns the list indexes use go in separate statements
 /// that run only when their values changed: on a typical event only the status moves.
 fn update_call(tx: &Connection, old: &Call, new: &Call) -> StoreResult<()> {
-    let id = new.id.to_string();
-    tx.prepare_cached(
-        "UPDATE calls SET dialpad_user_id = ?2, target_type = ?3, target_id = ?4, \
-         answered_at = ?5, ended_at = ?6, duration_seconds = ?7, recording_url = ?8, \
-         is_voicemail = ?9, voicemail_audio_url = ?10, transcript = ?11, held = ?12, \
-         merge_log = ?13, last_event_ms = ?14, raw_payload = ?15, updated_at = ?16 \
-         WHERE id = ?1",
-    )
-    .map_err(map_err)?
-    .execute(params![
-        id,
-        new.dialpad_user_id.map(DialpadId::as_i64),
-        new.target_type,
-        new.target_id.map(DialpadId::as_i64),
-        rows::opt_ts(new.answered_at.as_ref()),
-        rows::opt_ts(new.ended_at.as_ref()),
-        new.duration_seconds,
-        new.recording_url,
-        i64::from(new.is_voicemail),
-        new.voicemail_audio_url,
-        new.transcript,
-        i64::from(new.held),
-        common::merge_log_to_json(&new.merge_log)?,
-        new.last_event_ms,
-        new.raw_payload.as_ref().map(JsonText::as_str),
-        ts(&new.updated_at),
-    ])
-    .map_err(map_err)?;
-    if new.status != old.status {
-        tx.prepare_cached("UPDATE calls SET status = ?2 WHERE id = ?1")
-            .map_err(map_err)?
-            .execute(params![id, new.status.as_str()])
-            .map_err(map_err)?;
-    }
-    if new.direction != old.direction
+    let values = call_values(new)?;
+    let [details, status, listed] = &*CALL_UPDATES;
+    let status_moved = new.status != old.status;
+    let listed_moved = new.direction != old.direction
         || new.from_number != old.from_number
         || new.to_number != old.to_number
         || new.started_at != old.started_at
-        || new.created_at != old.created_at
-    {
-        tx.prepare_cached(
-            "UPDATE calls SET direction = ?2, from_number = ?3, to_number = ?4, \
-             started_at = ?5, created_at = ?6 WHERE id = ?1",
-        )
-        .map_err(map_err)?
-        .execute(params![
-            id,
-            new.direction.map(Direction::as_str),
-            new.from_number,
-            new.to_number,
-            rows::opt_ts(new.started_at.as_ref()),
-            ts(&new.created_at),
-        ])
-        .map_err(map_err)?;
+        || new.created_at != old.created_at;
+    for ((sql, positions), run) in [
+        (details, true),
+        (status, status_moved),
+        (listed, listed_moved),
+    ] {
+        if run {
+            tx.prepare_cached(sql)
+                .map_err(map_err)?
+                .execute(params_from_iter(positions.iter().map(|&i| &values[i])))
+                .map_err(map_err)?;
+        }
     }
     Ok(())
 }
@@ -308,34 +353,8 @@ fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> Store
             update_call(tx, old, c)?;
             continue;
         }
-        let merge_log = common::merge_log_to_json(&c.merge_log)?;
-        stmt.execute(params![
-            c.id.to_string(),
-            c.app_id.0.to_string(),
-            c.dialpad_call_id.as_i64(),
-            c.direction.map(Direction::as_str),
-            c.from_number,
-            c.to_number,
-            c.status.as_str(),
-            c.dialpad_user_id.map(DialpadId::as_i64),
-            c.target_type,
-            c.target_id.map(DialpadId::as_i64),
-            rows::opt_ts(c.started_at.as_ref()),
-            rows::opt_ts(c.answered_at.as_ref()),
-            rows::opt_ts(c.ended_at.as_ref()),
-            c.duration_seconds,
-            c.recording_url,
-            i64::from(c.is_voicemail),
-            c.voicemail_audio_url,
-            c.transcript,
-            i64::from(c.held),
-            merge_log,
-            c.last_event_ms,
-            c.raw_payload.as_ref().map(JsonText::as_str),
-            ts(&c.created_at),
-            ts(&c.updated_at),
-        ])
-        .map_err(map_err)?;
+        stmt.execute(params_from_iter(call_values(c)?))
+            .map_err(map_err)?;
     }
     let mut stmt = tx.prepare_cached(&UPSERT_VOICEMAIL).map_err(map_err)?;
     for v in &plan.voicemails {
@@ -424,5 +443,21 @@ mod tests {
         assert!(!UPSERT_CALL.contains("created_at = excluded"));
         assert!(UPSERT_MESSAGE.contains("to_numbers = excluded.to_numbers"));
         assert!(UPSERT_VOICEMAIL.contains("dialpad_call_id = excluded.dialpad_call_id"));
+    }
+
+    #[test]
+    fn call_updates_cover_every_mutable_column_once() {
+        let [details, status, listed] = &*CALL_UPDATES;
+        assert_eq!(status.0, "UPDATE calls SET status = ?2 WHERE id = ?1");
+        assert_eq!(status.1, vec![0, 6], "id and status positions in CALL_COLS");
+        let mut set: Vec<usize> = [details, status, listed]
+            .iter()
+            .flat_map(|(_, p)| p[1..].to_vec())
+            .collect();
+        set.sort_unstable();
+        // Every column but id, app_id and dialpad_call_id, each in exactly one statement.
+        assert_eq!(set, (3..width(CALL_COLS)).collect::<Vec<_>>());
+        assert!(details.0.contains("raw_payload = ?") && !details.0.contains("from_number"));
+        assert_eq!(listed.1.len(), CALL_LISTED.len() + 1);
     }
 }
