@@ -32,6 +32,7 @@
 //!
 //! use axum::Router;
 //! use axum::routing::get;
+//! use axum::serve::ListenerExt;
 //! use cti_axum::{AppState, HttpConfig};
 //! use cti_core::Cti;
 //! use cti_core::store::MemoryStore;
@@ -43,7 +44,12 @@
 //! let app = Router::new()
 //!     .route("/", get(|| async { "my application" }))
 //!     .nest("/cti", cti_axum::router_with_state(state.clone()));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // TCP_NODELAY: live WebSocket events must not wait for the client's delayed ACKs.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000")
+//!     .await?
+//!     .tap_io(|tcp| {
+//!         let _ = tcp.set_nodelay(true);
+//!     });
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //!     .with_graceful_shutdown(async move {
 //!         let _ = tokio::signal::ctrl_c().await;

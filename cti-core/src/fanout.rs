@@ -301,32 +301,58 @@ impl Hub {
     /// number of subscribers it was queued for. Subscribers with a full queue are dropped
     /// (they receive [`Delivery::Lagged`] after the events already queued).
     pub fn publish(&self, event: Arc<PublishedEvent>) -> usize {
-        let event = Arc::new(LiveEvent::new(event));
+        self.publish_all(std::iter::once(event))
+    }
+
+    /// Delivers events like [`Hub::publish`], in order, taking each subscriber's queue lock and
+    /// waking each subscriber once per run of consecutive events of one app rather than once
+    /// per event: a subscriber that writes to a socket gets the run in one write. Returns the
+    /// number of (event, subscriber) deliveries.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Arc<PublishedEvent>>) -> usize {
+        let events: Vec<Arc<LiveEvent>> = events
+            .into_iter()
+            .map(|e| Arc::new(LiveEvent::new(e)))
+            .collect();
+        events
+            .chunk_by(|a, b| a.app_id == b.app_id)
+            .map(|run| self.publish_run(run))
+            .sum()
+    }
+
+    /// [`Hub::publish_all`] for a non-empty run of events of one app.
+    fn publish_run(&self, events: &[Arc<LiveEvent>]) -> usize {
+        let app = events[0].app_id;
         let mut delivered = 0;
         let mut overflow = Vec::new();
         {
             let apps = self.inner.apps.read();
-            let Some(slots) = apps.get(&event.app_id) else {
+            let Some(slots) = apps.get(&app) else {
                 return 0;
             };
-            for s in slots.iter().filter(|s| s.wants(&event)) {
+            for s in slots.iter() {
+                let mut queued = false;
                 let mut q = s.queue.lock();
-                if q.end.is_some() {
-                    continue;
-                }
-                if q.items.len() >= s.capacity {
-                    q.end = Some(End::Lagged);
-                    overflow.push(s.id);
-                } else {
-                    q.items.push_back(event.clone());
-                    delivered += 1;
+                for event in events.iter().filter(|e| s.wants(e)) {
+                    if q.end.is_some() {
+                        break;
+                    }
+                    if q.items.len() >= s.capacity {
+                        q.end = Some(End::Lagged);
+                        overflow.push(s.id);
+                    } else {
+                        q.items.push_back(event.clone());
+                        delivered += 1;
+                    }
+                    queued = true;
                 }
                 drop(q);
-                s.ready.notify_one();
+                if queued {
+                    s.ready.notify_one();
+                }
             }
         }
         if !overflow.is_empty() {
-            self.remove(event.app_id, &overflow);
+            self.remove(app, &overflow);
         }
         delivered
     }
@@ -748,5 +774,49 @@ mod tests {
             sub.recv().await,
             Some(Delivery::Closed { code: 1001, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn publish_all_queues_runs_per_app_filtered_and_in_order() {
+        let hub = Hub::new();
+        let (a, b) = (AppId::new(), AppId::new());
+        let mut all_a = hub.subscribe(a, None, 8);
+        let mut alice = hub.subscribe(a, Some("alice".into()), 8);
+        let mut all_b = hub.subscribe(b, None, 8);
+        let n = hub.publish_all([
+            ev(a, 1, None),
+            ev(a, 2, Some("bob")),
+            ev(b, 1, None),
+            ev(a, 3, Some("alice")),
+        ]);
+        // a1 → 2 subscribers, a2 → 1, b1 → 1, a3 → 2.
+        assert_eq!(n, 6);
+        for want in [1, 2, 3] {
+            assert_eq!(seq(all_a.recv().await), want);
+        }
+        assert_eq!(seq(alice.recv().await), 1);
+        assert_eq!(seq(alice.recv().await), 3);
+        assert_eq!(seq(all_b.recv().await), 1);
+        for sub in [&mut all_a, &mut alice, &mut all_b] {
+            assert!(sub.try_next_event().is_none());
+        }
+        assert_eq!(hub.publish_all([]), 0);
+    }
+
+    #[tokio::test]
+    async fn publish_all_overflowing_mid_batch_lags_after_what_fitted() {
+        let hub = Hub::new();
+        let app = AppId::new();
+        let mut small = hub.subscribe(app, None, 2);
+        let mut big = hub.subscribe(app, None, 8);
+        let n = hub.publish_all((1..=4).map(|i| ev(app, i, None)));
+        assert_eq!(n, 2 + 4);
+        assert_eq!(seq(small.recv().await), 1);
+        assert_eq!(seq(small.recv().await), 2);
+        assert_eq!(small.recv().await, Some(Delivery::Lagged));
+        assert_eq!(hub.connection_count(), 1);
+        for want in 1..=4 {
+            assert_eq!(seq(big.recv().await), want);
+        }
     }
 }

@@ -1193,6 +1193,10 @@ pub(crate) struct RelayHooks {
 }
 
 impl RelayHooks {
+    #[cfg(test)]
+    pub(crate) fn new(cti: Cti) -> Self {
+        Self { cti }
+    }
     pub(crate) fn app_changed(&self, app: AppId) {
         self.cti.invalidate(app);
         self.cti.inner.hub.close_app(app, 4001, APP_CHANGED_REASON);

@@ -52,9 +52,7 @@ impl Cursors {
             if let Some(last) = events.last() {
                 self.at.insert(app, last.seq);
             }
-            for e in events {
-                self.hub.publish(Arc::new(e));
-            }
+            self.hub.publish_all(events.into_iter().map(Arc::new));
         }
         Ok(())
     }
@@ -65,10 +63,10 @@ impl Cursors {
         loop {
             let batch = self.store.events_since(app, cursor, PAGE).await?;
             let n = batch.len();
-            for e in batch {
-                cursor = e.seq;
-                self.hub.publish(Arc::new(e));
+            if let Some(last) = batch.last() {
+                cursor = last.seq;
             }
+            self.hub.publish_all(batch.into_iter().map(Arc::new));
             self.at.insert(app, cursor);
             if n < PAGE {
                 return Ok(());
@@ -142,7 +140,20 @@ pub(crate) async fn run(
             // Local batches first: they were queued before their bus signal.
             biased;
             _ = stop.notified() => return,
-            Some(batch) = recv_local(&mut local) => cursors.deliver(batch).await,
+            Some(batch) = recv_local(&mut local) => {
+                // Everything committed meanwhile goes out with it, as one batch (one wake-up
+                // per subscriber).
+                let mut batch = batch;
+                let mut merged = false;
+                while let Some(more) = try_recv_local(&mut local) {
+                    batch.extend(more);
+                    merged = true;
+                }
+                if merged {
+                    batch.sort_by_key(|p| (p.app_id, p.seq));
+                }
+                cursors.deliver(batch).await
+            }
             _ = ticker.tick() => cursors.resync().await,
             sig = rx.recv() => match sig {
                 Ok(BusSignal::Events { app_id, seq }) => {
@@ -173,6 +184,13 @@ pub(crate) async fn run(
             tracing::warn!(error = %e, "relay read failed; will retry");
         }
     }
+}
+
+/// A local batch that is already queued, without waiting.
+fn try_recv_local(
+    local: &mut Option<mpsc::Receiver<Vec<PublishedEvent>>>,
+) -> Option<Vec<PublishedEvent>> {
+    local.as_mut()?.try_recv().ok()
 }
 
 /// The next local batch; never ready without a local queue (or once it is closed).
@@ -303,5 +321,41 @@ mod tests {
         next.seq = 4;
         cursors.deliver(vec![next]).await.unwrap();
         assert_eq!(seqs(&mut sub, 1).await, [4]);
+    }
+
+    /// Batches queued while the relay was busy are merged and ordered before delivery: seq 5
+    /// queued before seq 4 (two writers finishing out of order) is delivered as 4, 5 without a
+    /// store read (neither is in the store here, so a read could not have produced them).
+    #[tokio::test]
+    async fn queued_batches_are_merged_in_seq_order() {
+        let (store, app, published) = three_events().await;
+        let hub = Hub::new();
+        let mut sub = hub.subscribe(app, None, 16);
+        let cti = crate::Cti::builder().store(store.clone()).build();
+        let (tx, rx) = mpsc::channel(8);
+        let at = |seq| {
+            let mut e = published[2].clone();
+            e.seq = seq;
+            e
+        };
+        tx.send(vec![at(5)]).await.unwrap();
+        tx.send(vec![at(4)]).await.unwrap();
+        let stop = Arc::new(Notify::new());
+        let (ready, _ready_rx) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(run(
+            RelayParts {
+                store,
+                bus: Arc::new(crate::fanout::LocalBus::new()),
+                hub: hub.clone(),
+                poll: Duration::from_secs(60),
+            },
+            RelayHooks::new(cti),
+            Some(rx),
+            stop.clone(),
+            ready,
+        ));
+        assert_eq!(seqs(&mut sub, 2).await, [4, 5]);
+        stop.notify_one();
+        relay.await.unwrap();
     }
 }

@@ -25,6 +25,7 @@ pub mod payload;
 pub mod stats;
 pub mod webhook;
 pub mod ws;
+pub mod wsclient;
 
 use std::fmt;
 

@@ -13,13 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use hdrhistogram::Histogram;
+use crate::wsclient::{self, Frame};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::control::{self, ResourceProbe, Resources};
 use crate::http::Endpoint;
@@ -182,13 +179,13 @@ pub fn socket_url(base: &str, api_key: &str) -> String {
 }
 
 /// Extracts the Dialpad `call_id` of a message (`"call_id":"123"` or `"call_id":123`).
-pub fn message_call_id(text: &str) -> Option<u64> {
-    let at = text.find("\"call_id\":")?;
-    let rest = text[at + 10..].trim_start().trim_start_matches('"');
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+pub fn message_call_id(text: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"call_id\":";
+    let at = memchr::memmem::find(text, KEY)?;
+    let rest = text[at + KEY.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// What one client saw.
@@ -198,7 +195,10 @@ struct ClientResult {
     unique: u64,
     duplicates: u64,
     foreign: u64,
-    latency: Histogram<u64>,
+    /// Latencies in microseconds, merged into one histogram at the end: a histogram per client
+    /// (~280 kB each at this precision) made every record a cache miss, and a thousand of them
+    /// cost the measured machine page faults and memory bandwidth.
+    latency_us: Vec<u32>,
 }
 
 /// Shared by the clients: how to map a message to a request.
@@ -209,16 +209,9 @@ struct Matcher {
     unique_total: AtomicU64,
 }
 
-fn client_config() -> WebSocketConfig {
-    // Small buffers: thousands of clients in one process.
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-}
-
 async fn client(
     url: String,
+    seed: u64,
     gate: Arc<Semaphore>,
     ready: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -231,17 +224,15 @@ async fn client(
         unique: 0,
         duplicates: 0,
         foreign: 0,
-        latency: stats::histogram(),
+        latency_us: Vec::new(),
     };
     let permit = gate.acquire_owned().await;
-    let connected =
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(client_config()), true)
-            .await;
+    let connected = wsclient::Client::connect(&url, seed).await;
     drop(permit);
-    let mut stream = match connected {
-        Ok((s, _)) => s,
+    let mut socket = match connected {
+        Ok(s) => s,
         Err(e) => {
-            r.error = Some(e.to_string());
+            r.error = Some(e);
             failed.fetch_add(1, Ordering::Relaxed);
             return r;
         }
@@ -257,10 +248,10 @@ async fn client(
     loop {
         tokio::select! {
             biased;
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
+            frame = socket.next() => match frame {
+                Ok(Some(Frame::Text(range))) => {
                     let now = Instant::now();
-                    let idx = message_call_id(text.as_str())
+                    let idx = message_call_id(socket.payload(range))
                         .and_then(|id| id.checked_sub(matcher.call_id_base))
                         .filter(|i| *i < matcher.n);
                     let Some(i) = idx else {
@@ -276,30 +267,67 @@ async fn client(
                     r.unique += 1;
                     matcher.unique_total.fetch_add(1, Ordering::Relaxed);
                     if let Some(sent) = matcher.source.as_ref().and_then(|s| s.send_time(i)) {
-                        stats::record(&mut r.latency, now.saturating_duration_since(sent));
+                        let us = now.saturating_duration_since(sent).as_micros();
+                        r.latency_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    r.error = Some(format!("server closed the socket: {frame:?}"));
-                    break;
+                Ok(Some(Frame::Closed(code))) => {
+                    r.error = Some(format!("server closed the socket: code {code:?}"));
+                    return r;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    r.error = Some(e.to_string());
-                    break;
+                Ok(Some(Frame::Other)) => {}
+                Err(e) => {
+                    r.error = Some(e);
+                    return r;
                 }
-                None => break,
+                Ok(None) => return r,
             },
             _ = &mut stopped => break,
         }
     }
-    let _ = stream.close(None).await;
+    socket.close().await;
     r
+}
+
+/// The runtime the socket clients run on, apart from the webhook sender's: a thousand busy
+/// client tasks in the sender's run queue would make its sends late, and the open-loop latency
+/// (measured from the scheduled send time) would then include the load generator's own
+/// queueing. Separate runtimes leave the sharing of the cores to the kernel, as separate
+/// client machines would.
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn start() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ws-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(format!("cannot start the client runtime: {e}")))?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime present until drop")
+            .handle()
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; this one's tasks have all finished or been awaited.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Starts `n` clients and waits (bounded) until each connected or failed.
 async fn connect_all(
     opts: &WsOptions,
+    clients: &tokio::runtime::Handle,
     matcher: Arc<Matcher>,
     stop: &watch::Receiver<bool>,
 ) -> (
@@ -315,9 +343,10 @@ async fn connect_all(
     let failed = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let handles: Vec<_> = (0..opts.clients)
-        .map(|_| {
-            tokio::spawn(client(
+        .map(|seed| {
+            clients.spawn(client(
                 url.clone(),
+                seed as u64,
                 gate.clone(),
                 ready.clone(),
                 failed.clone(),
@@ -361,7 +390,9 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
         unique_total: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (handles, ready, failed, connect_s) = connect_all(opts, matcher.clone(), &stop_rx).await;
+    let clients = ClientRuntime::start()?;
+    let (handles, ready, failed, connect_s) =
+        connect_all(opts, clients.handle(), matcher.clone(), &stop_rx).await;
     let ws_base = opts
         .ws_url
         .clone()
@@ -409,7 +440,9 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
             connect_error = connect_error.or(r.error);
             continue;
         }
-        let _ = latency.add(&r.latency);
+        for us in &r.latency_us {
+            stats::record(&mut latency, Duration::from_micros(u64::from(*us)));
+        }
         delivery.per_client.push(r.unique);
         delivery.min_received = delivery.min_received.min(r.unique);
         delivery.max_received = delivery.max_received.max(r.unique);
@@ -450,7 +483,9 @@ async fn run_idle(opts: &WsOptions, nofile_limit: Option<u64>) -> Result<WsRepor
         unique_total: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (handles, ready, failed, connect_s) = connect_all(opts, matcher, &stop_rx).await;
+    let clients = ClientRuntime::start()?;
+    let (handles, ready, failed, connect_s) =
+        connect_all(opts, clients.handle(), matcher, &stop_rx).await;
     // Let the server settle (allocator, task stacks) before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss(opts.server_pid)?;
@@ -573,11 +608,12 @@ mod tests {
     #[test]
     fn call_ids_from_messages() {
         assert_eq!(
-            message_call_id(r#"{"event":"call.ring","call_id":"1234567890123456","seq":3}"#),
+            message_call_id(br#"{"event":"call.ring","call_id":"1234567890123456","seq":3}"#),
             Some(1_234_567_890_123_456)
         );
-        assert_eq!(message_call_id(r#"{"call_id": 42}"#), Some(42));
-        assert_eq!(message_call_id(r#"{"type":"pong"}"#), None);
+        assert_eq!(message_call_id(br#"{"call_id": 42}"#), Some(42));
+        assert_eq!(message_call_id(br#"{"type":"pong"}"#), None);
+        assert_eq!(message_call_id(br#"{"call_id":null}"#), None);
     }
 
     #[test]
