@@ -24,7 +24,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -414,7 +413,9 @@ impl Session {
             let mut taken = 0;
             while let Some(event) = next.take() {
                 if self.wants(&event) {
-                    socket.feed(shared_text(event.wire_text())).await?;
+                    socket
+                        .feed(Message::text(String::from(&**event.wire_text())))
+                        .await?;
                     self.last_sent = event.seq;
                 }
                 taken += 1;
@@ -475,21 +476,6 @@ impl Session {
             }
         })
         .await;
-    }
-}
-
-/// A text frame over an event's shared wire text, without copying it.
-fn shared_text(wire: &Arc<str>) -> Message {
-    struct Shared(Arc<str>);
-    impl AsRef<[u8]> for Shared {
-        fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
-        }
-    }
-    match Utf8Bytes::try_from(Bytes::from_owner(Shared(wire.clone()))) {
-        Ok(text) => Message::Text(text),
-        // Unreachable (an `Arc<str>` is UTF-8); copy rather than fail.
-        Err(_) => Message::text(wire.to_string()),
     }
 }
 
