@@ -155,6 +155,10 @@ enum Command {
         /// Seconds to wait for the last deliveries after sending.
         #[arg(long, default_value_t = 10.0)]
         delivery_timeout: f64,
+        /// Extra sockets that connect with a 4 KiB receive buffer and never read while the
+        /// webhooks are sent (a stalled consumer must not delay the other clients).
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
 }
 
@@ -273,6 +277,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             hold,
             connect_concurrency,
             delivery_timeout,
+            stalled,
         } => {
             let target = resolve_target(&cli.target, !idle).await?;
             let opts = ws::WsOptions {
@@ -289,6 +294,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 connect_concurrency,
                 delivery_timeout: secs(delivery_timeout),
                 timeout: Duration::from_secs(10),
+                stalled,
             };
             let report = ws::run(&opts).await.map_err(|e| e.to_string())?;
             emit(cli.json, &report);

@@ -56,6 +56,10 @@ pub struct WsOptions {
     pub delivery_timeout: Duration,
     /// Per-request timeout of the webhooks.
     pub timeout: Duration,
+    /// Extra sockets (delivery mode) that connect with a 4 KiB receive buffer and never read
+    /// while the webhooks are sent: the other clients' latency shows whether a stalled consumer
+    /// delays them.
+    pub stalled: usize,
 }
 
 impl WsOptions {
@@ -75,6 +79,7 @@ impl WsOptions {
             connect_concurrency: 128,
             delivery_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
+            stalled: 0,
         }
     }
 }
@@ -100,6 +105,17 @@ pub struct DeliveryReport {
     pub wait_s: f64,
     /// Unique messages per client.
     pub per_client: Vec<u64>,
+}
+
+/// The sockets that never read (`stalled`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StalledReport {
+    /// Requested.
+    pub sockets: u64,
+    /// Connected.
+    pub connected: u64,
+    /// Told `lagged` (or closed with 4008) by the server, as seen when they read afterwards.
+    pub lagged: u64,
 }
 
 /// Server memory per idle socket.
@@ -146,6 +162,8 @@ pub struct WsReport {
     pub latency: Option<LatencySummary>,
     /// Memory per idle socket (idle mode with a server pid).
     pub idle: Option<IdleReport>,
+    /// Sockets that never read while the webhooks were sent (delivery mode, `stalled` > 0).
+    pub stalled: Option<StalledReport>,
 }
 
 impl WsReport {
@@ -356,6 +374,33 @@ impl Drop for ClientRuntime {
     }
 }
 
+/// A socket that does not read while the run lasts, then reads (bounded) what piled up;
+/// `(connected, told lagged)`.
+async fn stalled_client(url: String, seed: u64, mut stop: watch::Receiver<bool>) -> (bool, bool) {
+    let Ok(mut socket) = wsclient::Client::connect_with(&url, seed, Some(4096)).await else {
+        return (false, false);
+    };
+    let _ = stop.changed().await;
+    let lagged = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Ok(Some(Frame::Text(range))) => {
+                    let text = socket.payload(range);
+                    if memchr::memmem::find(text, br#""type":"lagged""#).is_some() {
+                        return true;
+                    }
+                }
+                Ok(Some(Frame::Closed(code))) => return code == Some(4008),
+                Ok(Some(Frame::Other)) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    (true, lagged)
+}
+
 /// Starts `n` clients and waits (bounded) until each connected or failed.
 async fn connect_all(
     opts: &WsOptions,
@@ -433,6 +478,15 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
         .await
         .ok()
         .map(|g| g.ws_connections);
+    let stalled: Vec<_> = (0..opts.stalled)
+        .map(|i| {
+            clients.handle().spawn(stalled_client(
+                socket_url(&ws_base, &opts.target.api_key),
+                (opts.clients + i) as u64,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
 
     let load_opts = LoadOptions {
         rate: Rate::Fixed(opts.rate),
@@ -488,6 +542,21 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
     if delivery.per_client.is_empty() {
         delivery.min_received = 0;
     }
+    let stalled = if stalled.is_empty() {
+        None
+    } else {
+        let mut report = StalledReport {
+            sockets: stalled.len() as u64,
+            ..StalledReport::default()
+        };
+        for h in stalled {
+            if let Ok((connected, lagged)) = h.await {
+                report.connected += u64::from(connected);
+                report.lagged += u64::from(lagged);
+            }
+        }
+        Some(report)
+    };
     Ok(WsReport {
         clients: opts.clients as u64,
         connected,
@@ -502,6 +571,7 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
         delivery: Some(delivery),
         latency: Some(LatencySummary::from_histogram(&latency)),
         idle: None,
+        stalled,
     })
 }
 
@@ -574,6 +644,7 @@ async fn run_idle(opts: &WsOptions, nofile_limit: Option<u64>) -> Result<WsRepor
         delivery: None,
         latency: None,
         idle,
+        stalled: None,
     })
 }
 
@@ -616,6 +687,13 @@ impl std::fmt::Display for WsReport {
         }
         if let Some(l) = &self.latency {
             writeln!(f, "  webhook→websocket latency {l}")?;
+        }
+        if let Some(s) = &self.stalled {
+            writeln!(
+                f,
+                "  stalled sockets (never read during the run): {} of {} connected, {} told `lagged` by the server",
+                s.connected, s.sockets, s.lagged
+            )?;
         }
         if let Some(i) = &self.idle {
             writeln!(

@@ -112,8 +112,35 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 impl Client {
     /// Connects and performs the opening handshake; `seed` varies the handshake key.
     pub async fn connect(url: &str, seed: u64) -> Result<Self, String> {
+        Self::connect_with(url, seed, None).await
+    }
+
+    /// [`Client::connect`] with the socket's kernel receive buffer set to `recv_buffer` bytes
+    /// (a small one makes a client that stops reading stall the server's writes quickly).
+    pub async fn connect_with(
+        url: &str,
+        seed: u64,
+        recv_buffer: Option<u32>,
+    ) -> Result<Self, String> {
         let (addr, target) = split_url(url)?;
-        let mut stream = TcpStream::connect(addr)
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("resolve {addr}: no address"))?;
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(size) = recv_buffer {
+            socket
+                .set_recv_buffer_size(size)
+                .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+        }
+        let mut stream = socket
+            .connect(resolved)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);

@@ -72,6 +72,7 @@ async fn loadgen_modes_against_the_real_server() {
     opts.clients = 5;
     opts.rate = 30.0;
     opts.duration = Duration::from_secs(1);
+    opts.stalled = 1;
     let r = match ws::run(&opts).await {
         Ok(r) => r,
         Err(e) => panic!("ws: {e}"),
@@ -84,6 +85,12 @@ async fn loadgen_modes_against_the_real_server() {
         .map(|d| (d.expected_per_client, d.clients_exactly_once));
     assert_eq!(d, Some((30, 5)), "{r}");
     assert_eq!(r.latency.as_ref().map(|l| l.count), Some(150), "{r}");
+    // The socket that never read was connected (30 small events fit its buffers: not lagged).
+    let s = r
+        .stalled
+        .as_ref()
+        .map(|s| (s.sockets, s.connected, s.lagged));
+    assert_eq!(s, Some((1, 1, 0)), "{r}");
 
     // Idle sockets and the server's memory.
     let mut opts = ws::WsOptions::new(target);
