@@ -301,7 +301,7 @@ impl Hub {
     /// number of subscribers it was queued for. Subscribers with a full queue are dropped
     /// (they receive [`Delivery::Lagged`] after the events already queued).
     pub fn publish(&self, event: Arc<PublishedEvent>) -> usize {
-        self.publish_all(std::iter::once(event))
+        self.publish_run(&[Arc::new(LiveEvent::new(event))])
     }
 
     /// Delivers events like [`Hub::publish`], in order, taking each subscriber's queue lock and
