@@ -19,7 +19,6 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use cti_axum::{AppState, HttpConfig};
 use cti_core::secrets::Secret;
 use cti_core::store::{MemoryStore, Store};
@@ -121,14 +120,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(home))
         .nest("/cti", cti_routes);
 
-    // 5. Serve. The client address feeds the CTI rate limits, hence `ConnectInfo`. Turn
-    //    Nagle's algorithm off (`TCP_NODELAY`): otherwise a live WebSocket event can wait up to
-    //    40 ms for the client's delayed ACK of the previous one.
+    // 5. Serve. The client address feeds the CTI rate limits, hence `ConnectInfo`;
+    //    `cti_axum::no_delay` turns Nagle's algorithm off (`TCP_NODELAY`), otherwise a live
+    //    WebSocket event can wait up to 40 ms for the client's delayed ACK of the previous one.
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = cti_axum::no_delay(listener);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -32,7 +32,6 @@
 //!
 //! use axum::Router;
 //! use axum::routing::get;
-//! use axum::serve::ListenerExt;
 //! use cti_axum::{AppState, HttpConfig};
 //! use cti_core::Cti;
 //! use cti_core::store::MemoryStore;
@@ -45,11 +44,7 @@
 //!     .route("/", get(|| async { "my application" }))
 //!     .nest("/cti", cti_axum::router_with_state(state.clone()));
 //! // TCP_NODELAY: live WebSocket events must not wait for the client's delayed ACKs.
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000")
-//!     .await?
-//!     .tap_io(|tcp| {
-//!         let _ = tcp.set_nodelay(true);
-//!     });
+//! let listener = cti_axum::no_delay(tokio::net::TcpListener::bind("127.0.0.1:3000").await?);
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //!     .with_graceful_shutdown(async move {
 //!         let _ = tokio::signal::ctrl_c().await;
@@ -206,6 +201,24 @@ pub fn router_with_state(state: AppState) -> axum::Router {
     rest::routes(state).merge(ws)
 }
 
+/// A listener whose accepted connections use `TCP_NODELAY`; serve the router through it.
+///
+/// Live WebSocket events are small writes that must leave at once: with Nagle's algorithm a
+/// write waits for the ACK of the previous one, which the peer may delay by up to 40 ms, and
+/// under a steady stream of events every socket then stalls that long (webhook→WebSocket p90
+/// 39 ms at 1,000 sockets × 500 events/s; 13 ms with this, docs/performance.md). The router
+/// cannot set the option itself: axum hands it connections already accepted.
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, set as fn(&mut tokio::net::TcpStream))
+}
+
 /// Client address used for rate limiting, honouring `trust_proxy` hops of `X-Forwarded-For`.
 pub fn client_ip(
     headers: &axum::http::HeaderMap,
@@ -233,6 +246,18 @@ pub fn client_ip(
 mod tests {
     /// `docs/embedding.md` shows `examples/embed.rs` verbatim (the example is compiled by
     /// `cargo test`, so the guide's code is too).
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_for_acks() {
+        use axum::serve::Listener;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = super::no_delay(listener);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap());
+    }
+
     #[test]
     fn embedding_guide_shows_the_example() {
         let guide = include_str!("../../docs/embedding.md");

@@ -142,16 +142,13 @@ pub(crate) async fn run(
             _ = stop.notified() => return,
             Some(batch) = recv_local(&mut local) => {
                 // Everything committed meanwhile goes out with it, as one batch (one wake-up
-                // per subscriber).
+                // per subscriber), in the order `deliver` expects (a stable sort of an already
+                // sorted batch is one linear pass).
                 let mut batch = batch;
-                let mut merged = false;
                 while let Some(more) = try_recv_local(&mut local) {
                     batch.extend(more);
-                    merged = true;
                 }
-                if merged {
-                    batch.sort_by_key(|p| (p.app_id, p.seq));
-                }
+                batch.sort_by_key(|p| (p.app_id, p.seq));
                 cursors.deliver(batch).await
             }
             _ = ticker.tick() => cursors.resync().await,

@@ -1,6 +1,5 @@
 //! `cti-server serve [--dev]`.
 
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -119,7 +118,8 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let listener = no_delay(listener);
+    // TCP_NODELAY: live events must not wait for delayed ACKs (see `cti_axum::no_delay`).
+    let listener = cti_axum::no_delay(listener);
     println!(
         "cti-server listening on http://{local} (environment {}, storage {backend})",
         cfg.http.environment
@@ -157,22 +157,6 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepted connections with `TCP_NODELAY`. Small writes (a WebSocket event, a short JSON
-/// response) must leave at once: with Nagle's algorithm a write waits for the ACK of the
-/// previous one, which the peer may delay by up to 40 ms — under a steady stream of live
-/// events that stalled every socket for 40 ms at a time (webhook→WebSocket p90 39 ms at 1,000
-/// sockets × 500 events/s; 13 ms with this).
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    fn set(tcp: &mut tokio::net::TcpStream) {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    }
-    listener.tap_io(set)
-}
-
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -193,21 +177,4 @@ async fn wait_for_signal() -> &'static str {
 async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "SIGINT"
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::serve::Listener;
-
-    #[tokio::test]
-    async fn accepted_connections_do_not_wait_for_acks() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut listener = no_delay(listener);
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (accepted, peer) = listener.accept().await;
-        assert_eq!(peer, client.local_addr().unwrap());
-        assert!(accepted.nodelay().unwrap());
-    }
 }
