@@ -368,6 +368,13 @@ struct Inner {
     /// (bounded; when full, the relay reads them from the store after the bus wake-up).
     published_tx: mpsc::Sender<Vec<PublishedEvent>>,
     published_rx: Mutex<Option<mpsc::Receiver<Vec<PublishedEvent>>>>,
+    /// Newest committed `seq` per app not yet announced on the bus. The writers and workers
+    /// record heads here and go on; the `signaller` task sends them (coalesced), so a bus
+    /// round trip is never part of a batch's serial path or of a webhook's response time.
+    heads: Mutex<HashMap<AppId, u64>>,
+    heads_ready: Notify,
+    /// Set by [`Cti::start`]: the `signaller` runs. Before that, heads are sent inline.
+    signaller: AtomicBool,
 }
 
 impl Inner {
@@ -452,6 +459,9 @@ impl CtiBuilder {
                 insert_rx: Mutex::new(Some(rx)),
                 published_tx,
                 published_rx: Mutex::new(Some(published_rx)),
+                heads: Mutex::new(HashMap::new()),
+                heads_ready: Notify::new(),
+                signaller: AtomicBool::new(false),
                 config,
             }),
         }
@@ -1088,6 +1098,21 @@ impl Cti {
         if self.inner.published_rx.lock().is_none() {
             let _ = self.inner.published_tx.try_send(published);
         }
+        if self.inner.signaller.load(Ordering::Acquire) {
+            let mut pending = self.inner.heads.lock();
+            for (app, seq) in heads {
+                let head = pending.entry(app).or_insert(seq);
+                *head = (*head).max(seq);
+            }
+            drop(pending);
+            self.inner.heads_ready.notify_one();
+        } else {
+            self.signal_heads(heads).await;
+        }
+    }
+
+    /// Sends `Events` bus signals for `heads` (newest `seq` per app).
+    async fn signal_heads(&self, heads: impl IntoIterator<Item = (AppId, u64)>) {
         for (app_id, seq) in heads {
             if let Err(err) = self
                 .inner
@@ -1098,6 +1123,12 @@ impl Cti {
                 tracing::warn!(error = %err, "bus notify failed; relays will catch up by polling");
             }
         }
+    }
+
+    /// Sends the heads recorded by [`Cti::announce`] since the last call.
+    async fn flush_heads(&self) {
+        let heads = std::mem::take(&mut *self.inner.heads.lock());
+        self.signal_heads(heads).await;
     }
 
     /// Marks a failed attempt `failed` (with backoff) or `dead` after the last attempt.
@@ -1159,12 +1190,25 @@ impl Cti {
         )));
         tasks.push(tokio::spawn(retention(self.clone(), stop_notify.clone())));
         tasks.push(tokio::spawn(key_watch(self.clone(), stop_notify.clone())));
+        self.inner.signaller.store(true, Ordering::Release);
+        tasks.push(tokio::spawn(signaller(self.clone(), stop_notify.clone())));
         Running {
             cti: self.clone(),
             stop,
             stop_notify,
             workers,
             tasks,
+        }
+    }
+}
+
+/// Announces committed heads on the bus (see `Inner::heads`): one signal per app for
+/// everything committed while the previous signals were being sent.
+async fn signaller(cti: Cti, stop: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = cti.inner.heads_ready.notified() => cti.flush_heads().await,
+            _ = stop.notified() => return,
         }
     }
 }
@@ -1403,7 +1447,8 @@ impl Running {
                 abort.abort();
             }
         }
-        // Let the relay deliver what the workers just committed.
+        // Let the relays deliver what the workers just committed.
+        self.cti.flush_heads().await;
         let _ = self.cti.inner.bus.notify(BusSignal::Resync).await;
         tokio::time::sleep(Duration::from_millis(50).min(drain)).await;
         self.cti.inner.hub.close_all(1001, "server shutting down");

@@ -685,3 +685,107 @@ async fn failed_inline_processing_falls_back_to_the_processor() {
     assert_eq!(call.map(|c| c.status), Some(CallStatus::Ringing));
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A bus whose `Events` signals wait at a gate: stands for a slow PostgreSQL `NOTIFY`.
+struct GatedBus {
+    local: cti_core::fanout::LocalBus,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl cti_core::fanout::EventBus for GatedBus {
+    async fn notify(
+        &self,
+        signal: cti_core::fanout::BusSignal,
+    ) -> Result<(), cti_core::fanout::BusError> {
+        if matches!(signal, cti_core::fanout::BusSignal::Events { .. }) {
+            let _ = self.open.clone().wait_for(|o| *o).await;
+        }
+        self.local.notify(signal).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<cti_core::fanout::BusSignal> {
+        self.local.subscribe()
+    }
+}
+
+/// Through the facade: an inline batch answers its webhooks and delivers to local sockets
+/// without waiting for the bus; the heads committed meanwhile go out afterwards, coalesced to
+/// the newest `seq` of the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_answered_without_waiting_for_the_bus() {
+    use cti_core::fanout::{BusSignal, Delivery, EventBus};
+    use cti_core::inbox::{IngestOutcome, WebhookRequest};
+    use cti_core::secrets::Secret;
+    use cti_core::verify::sign_hmac_b64;
+    use cti_core::{Cti, CtiConfig};
+
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let bus = Arc::new(GatedBus {
+        local: cti_core::fanout::LocalBus::new(),
+        open,
+    });
+    let mut signals = bus.subscribe();
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let cti = Cti::builder()
+        .store(Arc::new(store))
+        .bus(bus)
+        .config(CtiConfig {
+            webhook_secret: Some(Secret::new("W".into())),
+            ..CtiConfig::default()
+        })
+        .build();
+    let running = cti.start();
+    let (app, key) = cti.create_app("Tenant", Default::default()).await.unwrap();
+    let mut live = cti.subscribe(app.id, None);
+    for call in [5001, 5002, 5003] {
+        let body =
+            format!(r#"{{"event_type":"call.ring","call_id":{call},"direction":"inbound"}}"#);
+        let sig = sign_hmac_b64(body.as_bytes(), b"W");
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(5),
+            cti.ingest(WebhookRequest {
+                body: body.as_bytes(),
+                content_type: Some("application/json"),
+                signature: Some(&sig),
+                app_key: Some(key.expose()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("answered while the bus is stuck")
+        .unwrap();
+        assert!(
+            matches!(outcome, IngestOutcome::Accepted { .. }),
+            "{outcome:?}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), live.recv()).await {
+            Ok(Some(Delivery::Event(e))) => assert_eq!(e.payload["call_id"], call.to_string()),
+            other => panic!("local delivery while the bus is stuck: {other:?}"),
+        }
+    }
+    // Nothing went out on the bus yet.
+    assert!(matches!(
+        signals.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    gate.send(true).unwrap();
+    // The signal stuck at the gate (seq 1), then one for everything committed meanwhile.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&3) {
+        match tokio::time::timeout(Duration::from_secs(5), signals.recv()).await {
+            Ok(Ok(BusSignal::Events { app_id, seq })) => {
+                assert_eq!(app_id, app.id);
+                seen.push(seq);
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("bus signal after the gate opened: {other:?} (seen {seen:?})"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [1, 3],
+        "heads are coalesced while a signal is in flight"
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+}

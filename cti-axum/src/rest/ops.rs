@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cti_core::inbox::{IngestOutcome, WebhookRequest};
 use cti_core::model::format_ts;
-use cti_core::store::InboxStats;
+use cti_core::store::InboxBacklog;
 use serde_json::{Value, json};
 
 use crate::{AppState, error};
@@ -89,12 +89,12 @@ fn metrics_auth(st: &AppState, headers: &HeaderMap) -> Option<Response> {
 }
 
 struct Snapshot {
-    stats: Option<InboxStats>,
+    stats: Option<InboxBacklog>,
     oldest_age: Option<f64>,
 }
 
 async fn snapshot(st: &AppState) -> Snapshot {
-    let stats = st.cti.store().inbox_stats().await.ok();
+    let stats = st.cti.store().inbox_backlog().await.ok();
     let now = st.cti.now();
     let oldest_age = stats
         .as_ref()
@@ -224,12 +224,6 @@ pub(crate) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -
             "cti_events_dead_lettered",
             "Dead-lettered inbox events.",
             s.dead as f64,
-        );
-        gauge("cti_events_done", "Applied inbox events.", s.done as f64);
-        gauge(
-            "cti_events_ignored",
-            "Ignored inbox events.",
-            s.ignored as f64,
         );
         gauge(
             "cti_events_oldest_unprocessed_age_seconds",

@@ -56,6 +56,19 @@ fn secs(n: i64) -> chrono::Duration {
     chrono::Duration::seconds(n)
 }
 
+/// [`InboxStore::inbox_stats`], checked against [`InboxStore::inbox_backlog`]: every case that
+/// reads the counters also proves that the backlog gauges agree with them.
+async fn stats(s: &Arc<dyn Store>) -> InboxStats {
+    let stats = s.inbox_stats().await.unwrap();
+    let backlog = s.inbox_backlog().await.unwrap();
+    assert_eq!(
+        backlog,
+        InboxBacklog::from(stats.clone()),
+        "inbox_backlog vs inbox_stats"
+    );
+    stats
+}
+
 fn key(n: &str) -> NewKey {
     NewKey {
         lookup: format!("{:0>64}", n),
@@ -608,7 +621,7 @@ pub async fn inbox_dedupe_per_tenant(s: Arc<dyn Store>) {
     );
     assert_eq!(got.call_id, Some(DialpadId(1)));
     assert_eq!(got.dedupe_key, "k1");
-    let stats = s.inbox_stats().await.unwrap();
+    let stats = stats(&s).await;
     assert_eq!(stats.unprocessed, 3);
     assert_eq!(stats.oldest_unprocessed_at, Some(t0()));
 }
@@ -665,7 +678,7 @@ pub async fn claim_lease_and_expiry(s: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(s.inbox_stats().await.unwrap().ignored, 1);
+    assert_eq!(stats(&s).await.ignored, 1);
 }
 
 /// Failed events wait for their backoff; `None` dead-letters; re-drive resets attempts.
@@ -689,7 +702,7 @@ pub async fn retry_backoff_dead_letter_redrive(s: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
-    let st = s.inbox_stats().await.unwrap();
+    let st = stats(&s).await;
     assert_eq!((st.failed, st.unprocessed), (1, 1));
     let c = s.inbox_claim(10, lease, t0() + secs(2)).await.unwrap();
     assert_eq!(c[0].attempts, 2);
@@ -704,7 +717,7 @@ pub async fn retry_backoff_dead_letter_redrive(s: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(s.inbox_stats().await.unwrap().dead, 1);
+    assert_eq!(stats(&s).await.dead, 1);
     assert!(
         s.inbox_redrive(Some(a.id), e.id, t0() + secs(5))
             .await
@@ -818,7 +831,7 @@ pub async fn concurrent_claims_are_exclusive(s: Arc<dyn Store>) {
     let unique: HashSet<Uuid> = all.iter().copied().collect();
     assert_eq!(all.len(), n as usize, "every event claimed");
     assert_eq!(unique.len(), n as usize, "no event claimed twice");
-    assert_eq!(s.inbox_stats().await.unwrap().ignored, n as u64);
+    assert_eq!(stats(&s).await.ignored, n as u64);
 }
 
 /// Completing applies the merge, numbers realtime messages per app from 1 without gaps, and
@@ -895,7 +908,7 @@ pub async fn complete_applies_and_publishes(s: Arc<dyn Store>) {
     want.sort();
     assert_eq!(heads, want);
     assert_eq!(s.oldest_event_seq(a.id).await.unwrap(), Some(1));
-    let st = s.inbox_stats().await.unwrap();
+    let st = stats(&s).await;
     assert_eq!((st.done, st.unprocessed, st.processing), (4, 0, 0));
 }
 
@@ -1041,7 +1054,7 @@ pub async fn complete_batch(s: Arc<dyn Store>) {
         s.inbox_complete_batch(Vec::new(), later).await.is_empty(),
         "an empty batch is a no-op"
     );
-    let st = s.inbox_stats().await.unwrap();
+    let st = stats(&s).await;
     assert_eq!((st.done, st.ignored, st.failed), (5, 1, 1));
 
     // Two events of one SMS (no call id, so one claim may hand out both) and a voicemail in
@@ -1601,7 +1614,7 @@ pub async fn purge_and_retention(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(s.inbox_purge(t0() + secs(50)).await.unwrap(), 1);
-    let st = s.inbox_stats().await.unwrap();
+    let st = stats(&s).await;
     assert_eq!((st.done, st.unprocessed), (1, 1));
     // after purge the dedupe key can be reused (documented retention trade-off)
     assert_eq!(s.events_purge(t0() + secs(50)).await.unwrap(), 1);

@@ -125,7 +125,10 @@ impl InsertOutcome {
     }
 }
 
-/// Inbox counters for `/metrics` and `cti-server events stats`.
+/// Every inbox counter, for `GET /internal/events/stats` and `cti-server events stats`.
+///
+/// Counting `done` and `ignored` events reads the whole retained history; the gauges that are
+/// polled (`/metrics`) use [`InboxBacklog`] instead.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct InboxStats {
     /// `pending` + `failed` (waiting for an attempt).
@@ -142,6 +145,37 @@ pub struct InboxStats {
     pub ignored: u64,
     /// Arrival time of the oldest unprocessed (`pending`/`failed`/`processing`) event.
     pub oldest_unprocessed_at: Option<Timestamp>,
+}
+
+/// The inbox gauges of `GET /metrics` and `/metrics/prometheus`: what is waiting, held or
+/// dead-lettered. A store reads them at a cost that follows the backlog and the dead letters,
+/// not the retained history of finished events (see [`InboxStore::inbox_backlog`]).
+///
+/// [`InboxStore::inbox_backlog`]: super::InboxStore::inbox_backlog
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboxBacklog {
+    /// `pending` + `failed` (waiting for an attempt).
+    pub unprocessed: u64,
+    /// Held by workers.
+    pub processing: u64,
+    /// Failed at least once and waiting for a retry.
+    pub failed: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+    /// Arrival time of the oldest unprocessed (`pending`/`failed`/`processing`) event.
+    pub oldest_unprocessed_at: Option<Timestamp>,
+}
+
+impl From<InboxStats> for InboxBacklog {
+    fn from(s: InboxStats) -> Self {
+        InboxBacklog {
+            unprocessed: s.unprocessed,
+            processing: s.processing,
+            failed: s.failed,
+            dead: s.dead,
+            oldest_unprocessed_at: s.oldest_unprocessed_at,
+        }
+    }
 }
 
 /// A realtime message produced by applying an event, before the store numbers it.

@@ -275,8 +275,17 @@ pub trait InboxStore: Send + Sync {
         now: Timestamp,
     ) -> StoreResult<bool>;
 
-    /// Counters over the inbox.
+    /// Every counter over the inbox, `done` and `ignored` included (reads the retained
+    /// history: for an operator's request, not for a scraped gauge).
     async fn inbox_stats(&self) -> StoreResult<InboxStats>;
+
+    /// The backlog gauges (`unprocessed`, `processing`, `failed`, `dead`, oldest unprocessed).
+    /// Polled by `/metrics`, so an implementation should not count finished events: the SQL
+    /// stores read only their partial indexes of unfinished and dead-lettered events. The
+    /// default derives it from [`InboxStore::inbox_stats`].
+    async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
+        self.inbox_stats().await.map(InboxBacklog::from)
+    }
 
     /// Deletes `done`/`ignored` events received before `before`; returns the count.
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64>;

@@ -297,13 +297,13 @@ async fn write(conn: &mut PgConnection, plan: &Plan, now: Timestamp) -> StoreRes
             apps.push(app.0);
             seqs.push(*seq);
             events.push(m.event.as_str());
-            payloads.push(&m.payload);
+            payloads.push(m.payload.to_string());
             targets.push(m.target_crm_user.as_deref());
         }
         sqlx::query(
             "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
              SELECT o.app_id, o.seq, o.event, o.payload, o.target, $6
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::jsonb[], $5::text[])
+             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[]::json[], $5::text[])
                   AS o(app_id, seq, event, payload, target)",
         )
         .bind(apps)
@@ -329,7 +329,7 @@ const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, 
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::int8[], $9::text[], $10::int8[], $11::timestamptz[], $12::timestamptz[],
         $13::timestamptz[], $14::int8[], $15::text[], $16::bool[], $17::text[], $18::text[],
-        $19::bool[], $20::jsonb[], $21::int8[], $22::text[]::jsonb[], $23::timestamptz[],
+        $19::bool[], $20::jsonb[], $21::int8[], $22::text[]::json[], $23::timestamptz[],
         $24::timestamptz[])
     ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
     from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \

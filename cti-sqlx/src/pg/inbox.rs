@@ -101,6 +101,36 @@ const CLAIM_SQL: &str = concat!(
         w.received_at, w.processed_at, w.arrival"
 );
 
+/// Adds up `(status, n, oldest)` rows into counters (`oldest` counts for unfinished statuses).
+fn tally(rows: &[sqlx::postgres::PgRow]) -> StoreResult<InboxStats> {
+    let mut s = InboxStats::default();
+    for r in rows {
+        let status: String = col(r, "status")?;
+        let n = u64_of(col(r, "n")?)?;
+        let oldest: Option<Timestamp> = col(r, "oldest")?;
+        let status = common::event_status(&status)?;
+        match status {
+            EventStatus::Pending => s.unprocessed += n,
+            EventStatus::Failed => {
+                s.unprocessed += n;
+                s.failed += n;
+            }
+            EventStatus::Processing => s.processing += n,
+            EventStatus::Done => s.done += n,
+            EventStatus::Ignored => s.ignored += n,
+            EventStatus::Dead => s.dead += n,
+        }
+        if matches!(
+            status,
+            EventStatus::Pending | EventStatus::Failed | EventStatus::Processing
+        ) && let Some(o) = oldest
+        {
+            s.oldest_unprocessed_at = Some(s.oldest_unprocessed_at.map_or(o, |cur| cur.min(o)));
+        }
+    }
+    Ok(s)
+}
+
 /// Scan window of a claim: wide enough that a few calls with many queued events do not hide
 /// other due events.
 fn claim_window(limit: usize) -> i64 {
@@ -317,36 +347,29 @@ impl InboxStore for PgStore {
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {
-        let rows = sqlx::query("SELECT status, count(*) AS n, min(received_at) AS oldest FROM webhook_events GROUP BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(pg_err)?;
-        let mut s = InboxStats::default();
-        for r in &rows {
-            let status: String = col(r, "status")?;
-            let n = u64_of(col(r, "n")?)?;
-            let oldest: Option<Timestamp> = col(r, "oldest")?;
-            let status = common::event_status(&status)?;
-            match status {
-                EventStatus::Pending => s.unprocessed += n,
-                EventStatus::Failed => {
-                    s.unprocessed += n;
-                    s.failed += n;
-                }
-                EventStatus::Processing => s.processing += n,
-                EventStatus::Done => s.done += n,
-                EventStatus::Ignored => s.ignored += n,
-                EventStatus::Dead => s.dead += n,
-            }
-            if matches!(
-                status,
-                EventStatus::Pending | EventStatus::Failed | EventStatus::Processing
-            ) && let Some(o) = oldest
-            {
-                s.oldest_unprocessed_at = Some(s.oldest_unprocessed_at.map_or(o, |cur| cur.min(o)));
-            }
-        }
-        Ok(s)
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n, min(received_at) AS oldest FROM webhook_events \
+             GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        tally(&rows)
+    }
+
+    /// Reads the partial index of unfinished events and the `dead` range of the status index:
+    /// a scrape costs what is waiting, not the retained history.
+    async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n, min(received_at) AS oldest FROM webhook_events \
+             WHERE status IN ('pending', 'failed', 'processing') GROUP BY status \
+             UNION ALL \
+             SELECT 'dead', count(*), NULL FROM webhook_events WHERE status = 'dead'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_err)?;
+        tally(&rows).map(InboxBacklog::from)
     }
 
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64> {
@@ -485,7 +508,7 @@ async fn insert_in(
          u.payload, u.status, u.attempts, u.received_at, u.received_at, u.processed_at, \
          u.last_error \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-         $7::int8[], $8::text[]::jsonb[], $9::timestamptz[], $10::text[], $11::int4[], \
+         $7::int8[], $8::text[]::json[], $9::timestamptz[], $10::text[], $11::int4[], \
          $12::timestamptz[], $13::text[]) WITH ORDINALITY \
          AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, \
          received_at, status, attempts, processed_at, last_error, ord) \

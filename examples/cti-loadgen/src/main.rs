@@ -104,6 +104,10 @@ enum Command {
         /// Pre-sign every request before the timed loop when they fit in this many MiB.
         #[arg(long, default_value_t = 1536)]
         presign_mib: u64,
+        /// Send at the same rate for this many seconds before the measured --duration; the
+        /// warm-up's requests are checked but not measured.
+        #[arg(long, default_value_t = 0.0)]
+        warmup: f64,
         /// Poll /metrics for the inbox backlog, wait for it to drain and check that every
         /// accepted call became a call record.
         #[arg(long)]
@@ -225,6 +229,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             mix,
             duplicates,
             presign_mib,
+            warmup,
             check,
             metrics_interval_ms,
             drain_timeout,
@@ -237,6 +242,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 rate: load.rate,
                 connections: load.connections,
                 duration: secs(load.duration),
+                warmup: secs(warmup),
                 requests: load.requests,
                 duplicates,
                 presign_mib,

@@ -34,8 +34,12 @@ pub struct WebhookOptions {
     pub rate: Rate,
     /// Connections (max: workers; fixed: cap in flight).
     pub connections: usize,
-    /// Sending time bound.
+    /// Sending time bound (the measured part, after `warmup`).
     pub duration: Duration,
+    /// Sending at the same rate before the measured part: its requests are checked like the
+    /// others but left out of the latency, throughput and CPU figures (connection set-up,
+    /// prepared statements and caches warm up there).
+    pub warmup: Duration,
     /// Request count bound (flat out: the number of requests planned and pre-signed).
     pub requests: Option<u64>,
     /// Fraction of requests that repeat an earlier one byte for byte.
@@ -65,6 +69,7 @@ impl WebhookOptions {
             rate: Rate::Fixed(200.0),
             connections: 64,
             duration: Duration::from_secs(5),
+            warmup: Duration::ZERO,
             requests: None,
             duplicates: 0.0,
             presign_mib: 1536,
@@ -78,15 +83,29 @@ impl WebhookOptions {
 
     /// Requests planned for this run.
     pub fn planned_requests(&self) -> u64 {
+        let secs = (self.warmup + self.duration).as_secs_f64();
         let by_time = match self.rate {
-            Rate::Fixed(r) => (self.duration.as_secs_f64() * r).ceil() as u64,
-            Rate::Max => (self.duration.as_secs_f64() * MAX_RATE_ESTIMATE).ceil() as u64,
+            Rate::Fixed(r) => (secs * r).ceil() as u64,
+            Rate::Max => (secs * MAX_RATE_ESTIMATE).ceil() as u64,
         };
         match (self.rate, self.requests) {
             (Rate::Max, Some(n)) => n,
             (_, Some(n)) => n.min(by_time),
             (_, None) => by_time,
         }
+    }
+}
+
+/// The requests of a source from `.1` on: the measured part of a run continues the plan where
+/// the warm-up stopped (its calls' next events, no repeats).
+struct Offset(Arc<WebhookSource>, u64);
+
+impl RequestSource for Offset {
+    fn request(&self, i: u64) -> Option<Req> {
+        self.0.request(self.1 + i)
+    }
+    fn on_response(&self, i: u64, resp: &Resp) {
+        self.0.on_response(self.1 + i, resp)
     }
 }
 
@@ -376,9 +395,11 @@ pub struct WebhookReport {
     pub duplicate_acks: u64,
     /// Distinct calls accepted.
     pub accepted_calls: u64,
-    /// The load itself.
+    /// The warm-up (`--warmup`), not part of the measured figures.
+    pub warmup: Option<LoadReport>,
+    /// The load itself (after the warm-up).
     pub load: LoadReport,
-    /// CPU use and machine load while sending.
+    /// CPU use and machine load while sending (after the warm-up).
     pub resources: Resources,
     /// Backlog watch (with `check`).
     pub backlog: Option<BacklogReport>,
@@ -389,7 +410,12 @@ pub struct WebhookReport {
 impl WebhookReport {
     /// Every request answered `200`, and (when checked) every accepted call became a record.
     pub fn all_ok(&self) -> bool {
-        self.load.errors == 0
+        let warm_ok = self
+            .warmup
+            .as_ref()
+            .is_none_or(|w| w.errors == 0 && w.completed == w.sent);
+        warm_ok
+            && self.load.errors == 0
             && self.load.completed == self.load.sent
             && self.load.count(200) == self.load.completed
             && self.calls.as_ref().is_none_or(|c| c.ok)
@@ -504,15 +530,24 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
     let watch = opts
         .check
         .then(|| BacklogWatch::start(opts.target.url.clone(), opts.metrics_interval, epoch));
-    let load_opts = LoadOptions {
+    let mut load_opts = LoadOptions {
         rate: opts.rate,
         connections: opts.connections,
-        duration: opts.duration,
+        duration: opts.warmup,
         max_requests: Some(n),
         timeout: opts.timeout,
     };
+    let mut warmup = None;
+    let mut offset = 0;
+    if !opts.warmup.is_zero() {
+        let w = load::run(&ep, Arc::new(Offset(source.clone(), 0)), &load_opts).await;
+        offset = w.sent;
+        warmup = Some(w);
+    }
+    load_opts.duration = opts.duration;
+    load_opts.max_requests = Some(n - offset);
     let probe = ResourceProbe::start(opts.server_pid);
-    let load = load::run(&ep, source.clone(), &load_opts).await;
+    let load = load::run(&ep, Arc::new(Offset(source.clone(), offset)), &load_opts).await;
     let resources = probe.finish(load.completed);
     let mut backlog = None;
     let mut calls = None;
@@ -538,6 +573,7 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
         duplicate_acks: source.duplicate_acks(),
         accepted_calls: source.accepted_calls(),
         preparation,
+        warmup,
         load,
         resources,
         backlog,
@@ -563,6 +599,13 @@ impl std::fmt::Display for WebhookReport {
                 "signed on the fly (over the pre-sign memory budget)".to_string()
             }
         )?;
+        if let Some(w) = &self.warmup {
+            writeln!(
+                f,
+                "  warm-up (not measured): sent {}, completed {}, errors {} in {:.2} s, p99 {:.3} ms",
+                w.sent, w.completed, w.errors, w.elapsed_s, w.latency.p99_ms
+            )?;
+        }
         writeln!(f, "{}", self.load)?;
         writeln!(f, "{}", self.resources)?;
         writeln!(

@@ -19,9 +19,10 @@ async fn loadgen_modes_against_the_real_server() {
         webhook_secret: W.to_string(),
     };
 
-    // JWT path, open loop, with the backlog watch and the calls check.
+    // JWT path, open loop after a warm-up, with the backlog watch and the calls check.
     let mut opts = webhook::WebhookOptions::new(target.clone());
     opts.rate = Rate::Fixed(60.0);
+    opts.warmup = Duration::from_millis(500);
     opts.duration = Duration::from_secs(1);
     opts.metrics_interval = Duration::from_millis(100);
     opts.drain_timeout = Duration::from_secs(20);
@@ -32,6 +33,14 @@ async fn loadgen_modes_against_the_real_server() {
     println!("{r}");
     assert!(r.load.sent >= 55, "{r}");
     assert_eq!(r.load.count(200), r.load.sent, "{r}");
+    // The measured part continues the plan where the warm-up stopped: no request twice.
+    let warm = r
+        .warmup
+        .as_ref()
+        .map(|w| (w.sent >= 25, w.count(200) == w.sent));
+    assert_eq!(warm, Some((true, true)), "{r}");
+    assert_eq!(r.duplicate_acks, 0, "{r}");
+    assert!(r.all_ok(), "{r}");
     let calls = r.calls.as_ref().map(|c| (c.ok, c.expected));
     assert_eq!(calls, Some((true, r.preparation.calls)), "{r}");
     assert_eq!(r.backlog.as_ref().map(|b| b.final_backlog), Some(0), "{r}");
