@@ -11,12 +11,13 @@
 //! * rules out deadlocks between batches (locks are taken in one global order, and nothing
 //!   else locks these rows in another order).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::SubsecRound;
 use cti_core::json::JsonText;
 use cti_core::model::*;
+use cti_core::normalize::apply::{call_key, target_user};
 use cti_core::store::*;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Postgres, QueryBuilder};
@@ -94,22 +95,32 @@ pub(super) async fn complete_in(
             .map_err(pg_err)?;
     }
     let held = finish(&mut *tx, items, now).await?;
-    apply_held(tx, items, &held, now).await
+    apply_held(tx, items, &held, now, None).await
 }
 
 /// [`complete_in`] after the app locks and the lease check: `held` are the items whose events
-/// this transaction holds and already carry their final status (with their apps).
+/// this transaction holds and already carry their final status (with their apps). `state`:
+/// the calls, user mappings and sequence numbers already read under the app locks for (at
+/// least) these items ([`read_state`]); `None` reads them here.
 pub(super) async fn apply_held(
     tx: &mut PgConnection,
     items: &[Completion],
     held: &HashMap<Uuid, AppId>,
     now: Timestamp,
+    state: Option<Loaded>,
 ) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
     // PostgreSQL keeps microseconds: publish exactly the times it stores.
     let now = now.round_subsecs(6);
     let (mut out, applying) = batch::split(items, held);
     if !applying.is_empty() {
-        let mut loaded = load(&mut *tx, &applying).await?;
+        let mut loaded = match state {
+            Some(state) => state,
+            None => {
+                let keys = StateKeys::of_items(&applying);
+                read_state(&mut *tx, &keys, false).await?.0
+            }
+        };
+        load_records(&mut *tx, &applying, &mut loaded).await?;
         let plan = loop {
             match batch::plan(&applying, &loaded, now)? {
                 Ok(plan) => break plan,
@@ -192,21 +203,163 @@ async fn by_keys(
         .map_err(pg_err)
 }
 
-async fn load(conn: &mut PgConnection, items: &[Item<'_>]) -> StoreResult<Loaded> {
-    let keys = batch::keys(items);
-    let mut loaded = Loaded::default();
-    for r in by_keys(
-        conn,
-        "calls c",
-        &CALL_COLS_C,
-        "dialpad_call_id",
-        &keys.calls,
-    )
-    .await?
-    {
-        let c = call_from_row(&r)?;
-        loaded.calls.insert((c.app_id, c.dialpad_call_id), c);
+/// The keys of [`read_state`]: calls (with the mapping of their stored user and, on request,
+/// whether they have unfinished inbox events), users named by events, and apps.
+#[derive(Default)]
+pub(super) struct StateKeys {
+    pub calls: Vec<Key>,
+    pub users: Vec<Key>,
+    pub apps: Vec<AppId>,
+}
+
+impl StateKeys {
+    /// What applying `items` reads.
+    fn of_items(items: &[Item<'_>]) -> Self {
+        let keys = batch::keys(items);
+        let mut users: Vec<Key> = items
+            .iter()
+            .filter_map(|it| target_user(it.n, None).map(|u| (it.app, u)))
+            .collect();
+        users.sort_unstable_by_key(|(a, u)| (a.0, u.as_i64()));
+        users.dedup();
+        StateKeys {
+            calls: keys.calls,
+            users,
+            apps: keys.apps,
+        }
     }
+
+    /// What an inline batch reads before its insert: every call its events name (for the
+    /// per-call order check) or change, the users they name, their apps. A superset of what
+    /// the events that end up applied need (duplicates and held-back events drop out later).
+    pub(super) fn of_batch(events: &[NewInboxEvent], results: &[Option<EventResult>]) -> Self {
+        let mut k = StateKeys::default();
+        for (e, r) in events.iter().zip(results) {
+            k.apps.push(e.app_id);
+            if let Some(c) = e.call_id {
+                k.calls.push((e.app_id, c));
+            }
+            if let Some(EventResult::Apply(n)) = r {
+                if let Some(c) = call_key(n) {
+                    k.calls.push((e.app_id, c));
+                }
+                if let Some(u) = target_user(n, None) {
+                    k.users.push((e.app_id, u));
+                }
+            }
+        }
+        for v in [&mut k.calls, &mut k.users] {
+            v.sort_unstable_by_key(|(a, id)| (a.0, id.as_i64()));
+            v.dedup();
+        }
+        k.apps.sort_unstable_by_key(|a| a.0);
+        k.apps.dedup();
+        k
+    }
+}
+
+/// One statement for everything a batch reads under its app locks, a row per key:
+/// `c` rows (a call: its stored row if any, the CRM user of its stored Dialpad user, and with
+/// `$5` whether it has unfinished inbox events), `u` rows (the CRM user of a Dialpad user) and
+/// `a` rows (an app's last outbox sequence number). Several small statements cost a round trip
+/// each, inside the locks.
+static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT k.kind, k.app_id AS key_app, k.call_id AS key_call, k.user_id AS key_user,
+            CASE WHEN $5 AND k.kind = 'c' THEN EXISTS (
+                SELECT 1 FROM webhook_events w
+                WHERE w.app_id = k.app_id AND w.call_id = k.call_id
+                  AND w.status IN ('pending', 'failed', 'processing')) END AS blocked,
+            CASE WHEN k.kind = 'a' THEN (
+                SELECT a.last_event_seq FROM apps a WHERE a.id = k.app_id) END AS app_seq,
+            (SELECT m.crm_user_id FROM dialpad_user_mappings m
+              WHERE m.app_id = k.app_id AND m.dialpad_user_id =
+                    CASE WHEN k.kind = 'u' THEN k.user_id ELSE c.dialpad_user_id END) AS crm_user,
+            {}
+         FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
+              AS k(kind, app_id, call_id, user_id)
+         LEFT JOIN calls c
+           ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id",
+        *CALL_COLS_C
+    )
+});
+
+/// Reads the calls, user mappings and sequence numbers of `keys` in one statement
+/// ([`STATE_SQL`]); with `blocking`, also the keyed calls that have unfinished inbox events.
+pub(super) async fn read_state(
+    conn: &mut PgConnection,
+    keys: &StateKeys,
+    blocking: bool,
+) -> StoreResult<(Loaded, HashSet<Key>)> {
+    let n = keys.calls.len() + keys.users.len() + keys.apps.len();
+    let (mut kinds, mut apps, mut calls, mut users) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let rows = keys
+        .calls
+        .iter()
+        .map(|&(a, c)| ("c", a, Some(c), None))
+        .chain(keys.users.iter().map(|&(a, u)| ("u", a, None, Some(u))))
+        .chain(keys.apps.iter().map(|&a| ("a", a, None, None)));
+    for (kind, app, call, user) in rows {
+        kinds.push(kind);
+        apps.push(app.0);
+        calls.push(call.map(DialpadId::as_i64));
+        users.push(user.map(DialpadId::as_i64));
+    }
+    let rows = sqlx::query(&STATE_SQL)
+        .bind(kinds)
+        .bind(apps)
+        .bind(calls)
+        .bind(users)
+        .bind(blocking)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    let mut loaded = Loaded::default();
+    let mut blocked = HashSet::new();
+    for r in &rows {
+        let kind: &str = col(r, "kind")?;
+        let app = AppId(col(r, "key_app")?);
+        match kind {
+            "c" => {
+                let call = did(col(r, "key_call")?)?;
+                if col::<Option<bool>>(r, "blocked")? == Some(true) {
+                    blocked.insert((app, call));
+                }
+                if col::<Option<Uuid>>(r, "id")?.is_some() {
+                    let c = call_from_row(r)?;
+                    if let Some(u) = c.dialpad_user_id {
+                        loaded.crm_users.insert((app, u), col(r, "crm_user")?);
+                    }
+                    loaded.calls.insert((app, call), c);
+                }
+            }
+            "u" => {
+                let user = did(col(r, "key_user")?)?;
+                loaded.crm_users.insert((app, user), col(r, "crm_user")?);
+            }
+            _ => {
+                if let Some(seq) = col::<Option<i64>>(r, "app_seq")? {
+                    loaded.seqs.insert(app, seq);
+                }
+            }
+        }
+    }
+    Ok((loaded, blocked))
+}
+
+/// Adds the voicemails and messages `items` touch to `loaded` (one statement per kind, only
+/// when some item has one).
+async fn load_records(
+    conn: &mut PgConnection,
+    items: &[Item<'_>],
+    loaded: &mut Loaded,
+) -> StoreResult<()> {
+    let keys = batch::keys(items);
     let vms = by_keys(
         conn,
         "voicemails v",
@@ -233,23 +386,7 @@ async fn load(conn: &mut PgConnection, items: &[Item<'_>]) -> StoreResult<Loaded
         let m = message_from_row(&r)?;
         loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
     }
-    let users = batch::user_keys(items, &loaded);
-    let mut found = read_users(conn, &users).await?;
-    for k in users {
-        loaded.crm_users.insert(k, found.remove(&k));
-    }
-    let apps: Vec<Uuid> = keys.apps.iter().map(|a| a.0).collect();
-    let rows = sqlx::query("SELECT id, last_event_seq FROM apps WHERE id = ANY($1)")
-        .bind(apps)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(pg_err)?;
-    for r in &rows {
-        loaded
-            .seqs
-            .insert(AppId(col(r, "id")?), col(r, "last_event_seq")?);
-    }
-    Ok(loaded)
+    Ok(())
 }
 
 /// The CRM users mapped to `users` (keys without a mapping are absent).
@@ -271,57 +408,17 @@ async fn read_users(conn: &mut PgConnection, users: &[Key]) -> StoreResult<HashM
 }
 
 async fn write(conn: &mut PgConnection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
-    upsert_calls(conn, &plan.calls).await?;
+    if !(plan.calls.is_empty() && plan.seqs.is_empty() && plan.outbox.is_empty()) {
+        write_calls_and_outbox(conn, plan, now).await?;
+    }
     upsert_voicemails(conn, &plan.voicemails).await?;
     upsert_messages(conn, &plan.messages).await?;
-    if !plan.seqs.is_empty() {
-        let apps: Vec<Uuid> = plan.seqs.iter().map(|(a, _)| a.0).collect();
-        let seqs: Vec<i64> = plan.seqs.iter().map(|(_, s)| *s).collect();
-        sqlx::query(
-            "UPDATE apps a SET last_event_seq = v.seq
-             FROM UNNEST($1::uuid[], $2::int8[]) AS v(id, seq) WHERE a.id = v.id",
-        )
-        .bind(apps)
-        .bind(seqs)
-        .execute(&mut *conn)
-        .await
-        .map_err(pg_err)?;
-    }
-    if !plan.outbox.is_empty() {
-        let mut apps = Vec::with_capacity(plan.outbox.len());
-        let mut seqs = Vec::with_capacity(plan.outbox.len());
-        let mut events = Vec::with_capacity(plan.outbox.len());
-        let mut payloads = Vec::with_capacity(plan.outbox.len());
-        let mut targets = Vec::with_capacity(plan.outbox.len());
-        for (app, seq, m) in &plan.outbox {
-            apps.push(app.0);
-            seqs.push(*seq);
-            events.push(m.event.as_str());
-            payloads.push(m.payload.to_string());
-            targets.push(m.target_crm_user.as_deref());
-        }
-        sqlx::query(
-            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
-             SELECT o.app_id, o.seq, o.event, o.payload, o.target, $6
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[]::json[], $5::text[])
-                  AS o(app_id, seq, event, payload, target)",
-        )
-        .bind(apps)
-        .bind(seqs)
-        .bind(events)
-        .bind(payloads)
-        .bind(targets)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(pg_err)?;
-    }
     Ok(())
 }
 
-/// Upserts calls with one statement of column arrays: the same SQL text (one prepared
-/// statement) whatever the number of rows — a `VALUES` list would be a new statement to parse
-/// and plan for every batch size.
+/// Upserts calls with column arrays: the same SQL text (one prepared statement) whatever the
+/// number of rows — a `VALUES` list would be a new statement to parse and plan for every batch
+/// size. Part of [`WRITE_SQL`].
 const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, direction, \
     from_number, to_number, status, dialpad_user_id, target_type, target_id, started_at, \
     answered_at, ended_at, duration_seconds, recording_url, is_voicemail, voicemail_audio_url, \
@@ -343,10 +440,33 @@ const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, 
     last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload, \
     updated_at = EXCLUDED.updated_at";
 
-async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()> {
-    if calls.is_empty() {
-        return Ok(());
-    }
+/// A batch's calls, its apps' new sequence numbers and its outbox rows in one statement (one
+/// round trip inside the app locks): `$1`–`$24` the calls ([`UPSERT_CALLS_SQL`]), `$25`–`$26`
+/// the sequence numbers, `$27`–`$32` the outbox.
+static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH upserted AS ({UPSERT_CALLS_SQL} RETURNING 1),
+         seqs AS (
+            UPDATE apps a SET last_event_seq = v.seq
+            FROM UNNEST($25::uuid[], $26::int8[]) AS v(id, seq) WHERE a.id = v.id
+            RETURNING 1),
+         outbox AS (
+            INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
+            SELECT o.app_id, o.seq, o.event, o.payload, o.target, $32
+            FROM UNNEST($27::uuid[], $28::int8[], $29::text[], $30::text[]::json[], $31::text[])
+                 AS o(app_id, seq, event, payload, target)
+            RETURNING 1)
+         SELECT (SELECT count(*) FROM upserted) AS calls, (SELECT count(*) FROM seqs) AS seqs,
+                (SELECT count(*) FROM outbox) AS outbox"
+    )
+});
+
+async fn write_calls_and_outbox(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let calls = &plan.calls;
     let logs = calls
         .iter()
         .map(|c| common::merge_log_to_value(&c.merge_log))
@@ -359,7 +479,20 @@ async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()
             .collect::<Vec<_>>()
     };
     let times = |f: fn(&Call) -> Option<Timestamp>| calls.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(UPSERT_CALLS_SQL)
+    let n = plan.outbox.len();
+    let mut outbox_apps = Vec::with_capacity(n);
+    let mut outbox_seqs = Vec::with_capacity(n);
+    let mut outbox_events = Vec::with_capacity(n);
+    let mut outbox_payloads = Vec::with_capacity(n);
+    let mut outbox_targets = Vec::with_capacity(n);
+    for (app, seq, m) in &plan.outbox {
+        outbox_apps.push(app.0);
+        outbox_seqs.push(*seq);
+        outbox_events.push(m.event.as_str());
+        outbox_payloads.push(m.payload.to_string());
+        outbox_targets.push(m.target_crm_user.as_deref());
+    }
+    sqlx::query(&WRITE_SQL)
         .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
         .bind(calls.iter().map(|c| c.app_id.0).collect::<Vec<_>>())
         .bind(ids(|c| Some(c.dialpad_call_id)))
@@ -389,6 +522,14 @@ async fn upsert_calls(conn: &mut PgConnection, calls: &[Call]) -> StoreResult<()
         )
         .bind(times(|c| Some(c.created_at)))
         .bind(times(|c| Some(c.updated_at)))
+        .bind(plan.seqs.iter().map(|(a, _)| a.0).collect::<Vec<_>>())
+        .bind(plan.seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+        .bind(outbox_apps)
+        .bind(outbox_seqs)
+        .bind(outbox_events)
+        .bind(outbox_payloads)
+        .bind(outbox_targets)
+        .bind(now)
         .execute(&mut *conn)
         .await
         .map_err(pg_err)?;

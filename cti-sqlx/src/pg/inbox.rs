@@ -179,7 +179,10 @@ impl InboxStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(pg_err)?;
-        let blocked = calls_with_unfinished(&mut tx, news).await?;
+        // Under the locks, one statement reads what the batch needs: the per-call order check
+        // and the calls, mappings and sequence numbers the processed events will change.
+        let keys = super::complete::StateKeys::of_batch(news, &results);
+        let (state, blocked) = super::complete::read_state(&mut tx, &keys, true).await?;
         let claim = batch::inline::claims(news, &results, &blocked);
         // Processed events are inserted finished; the transaction is the lease.
         let born = batch::inline::born(&claim, &results);
@@ -189,7 +192,7 @@ impl InboxStore for PgStore {
             .iter()
             .map(|&i| (news[i].id, news[i].app_id))
             .collect();
-        let done = super::complete::apply_held(&mut tx, &items, &held, now).await?;
+        let done = super::complete::apply_held(&mut tx, &items, &held, now, Some(state)).await?;
         let mut failed = Vec::new();
         let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
         // The processor retries these (attempt 1 is spent, as after a failed claim).
@@ -360,15 +363,24 @@ impl InboxStore for PgStore {
     /// Reads the partial index of unfinished events and the `dead` range of the status index:
     /// a scrape costs what is waiting, not the retained history.
     async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
+        let mut tx = self.pool.begin().await.map_err(pg_err)?;
+        // Never parallel: without fresh statistics (autovacuum off) the planner may launch
+        // workers for these index scans — milliseconds of process start-up on every scrape,
+        // taken from the cores that serve webhooks.
+        sqlx::query("SELECT set_config('max_parallel_workers_per_gather', '0', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_err)?;
         let rows = sqlx::query(
             "SELECT status, count(*) AS n, min(received_at) AS oldest FROM webhook_events \
              WHERE status IN ('pending', 'failed', 'processing') GROUP BY status \
              UNION ALL \
              SELECT 'dead', count(*), NULL FROM webhook_events WHERE status = 'dead'",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
         tally(&rows).map(InboxBacklog::from)
     }
 
@@ -588,32 +600,4 @@ async fn insert_in(
         }
     }
     Ok(out)
-}
-
-/// The `(app_id, call_id)` pairs of `events` that have an unfinished event in the inbox.
-async fn calls_with_unfinished(
-    conn: &mut PgConnection,
-    events: &[NewInboxEvent],
-) -> StoreResult<HashSet<batch::Key>> {
-    let (apps, calls): (Vec<Uuid>, Vec<i64>) = events
-        .iter()
-        .filter_map(|e| e.call_id.map(|c| (e.app_id.0, c.as_i64())))
-        .unzip();
-    if apps.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let rows = sqlx::query(
-        "SELECT DISTINCT w.app_id, w.call_id FROM webhook_events w \
-         JOIN UNNEST($1::uuid[], $2::int8[]) AS u(app_id, call_id) \
-         ON w.app_id = u.app_id AND w.call_id = u.call_id \
-         WHERE w.status IN ('pending', 'failed', 'processing')",
-    )
-    .bind(&apps)
-    .bind(&calls)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(pg_err)?;
-    rows.iter()
-        .map(|r| Ok((AppId(col(r, "app_id")?), did(col(r, "call_id")?)?)))
-        .collect()
 }
