@@ -372,3 +372,92 @@ async fn equal_arrival_times_are_claimed_in_insertion_order() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// An inline batch whose app lock cannot be taken (another session holds it past
+/// `lock_timeout`) fails with nothing stored, and the connection it failed on — the lock is
+/// sent with the `BEGIN`, so the failure leaves an aborted transaction there — never serves
+/// another batch: with a pool of one connection, the next batch succeeds.
+#[tokio::test]
+async fn a_failed_applier_lock_does_not_poison_the_pool() {
+    use cti_core::normalize::{CallUpdate, CtiEvent, Normalized};
+    use sqlx::postgres::PgConnectOptions;
+
+    let Some(db) = TestDb::new("lockfail").await else {
+        return;
+    };
+    let connect: PgConnectOptions = db
+        .url
+        .parse::<PgConnectOptions>()
+        .unwrap()
+        .options([("lock_timeout", "200ms")]);
+    let mut opts = db.options();
+    opts.max_connections = 1;
+    let s = db.store_via(connect, opts).await;
+    let app = s
+        .create_app(
+            NewApp {
+                id: AppId::new(),
+                name: "A".into(),
+                key: key("a"),
+                now: t0(),
+            },
+            AuditContext::default(),
+        )
+        .await
+        .unwrap();
+    let event = NewInboxEvent {
+        id: Uuid::now_v7(),
+        app_id: app.id,
+        dedupe_key: "k1".into(),
+        event_type: Some("call".into()),
+        call_id: Some(DialpadId(31)),
+        state: Some("ringing".into()),
+        event_timestamp: Some(1),
+        payload: serde_json::json!({"call_id": 31, "state": "ringing"}).into(),
+        received_at: t0(),
+    };
+    let ringing = || {
+        Some(EventResult::Apply(Box::new(Normalized {
+            event: CtiEvent::CallRinging,
+            call: Some(CallUpdate {
+                dialpad_call_id: Some(DialpadId(31)),
+                status: Some(CallStatus::Ringing),
+                event_ms: 1,
+                ..Default::default()
+            }),
+            voicemail: None,
+            message: None,
+        })))
+    };
+    let lease = Duration::from_secs(30);
+
+    let mut holder = db.conn().await;
+    let lock = "SELECT pg_advisory_lock(hashtextextended('cti-app:' || $1::text, 0))";
+    sqlx::query(lock)
+        .bind(app.id.0)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let err = s
+        .inbox_insert_processed(std::slice::from_ref(&event), vec![ringing()], lease, t0())
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(s.inbox_get(None, event.id).await.unwrap().is_none());
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let done = s
+        .inbox_insert_processed(std::slice::from_ref(&event), vec![ringing()], lease, t0())
+        .await
+        .unwrap();
+    assert_eq!(done.outcomes, [InsertOutcome::Inserted(event.id)]);
+    assert_eq!(done.processed, [true]);
+    let call = s
+        .get_call_by_dialpad_id(app.id, DialpadId(31))
+        .await
+        .unwrap();
+    assert_eq!(call.map(|c| c.status), Some(CallStatus::Ringing));
+}

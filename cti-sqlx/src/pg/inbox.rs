@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cti_core::model::*;
 use cti_core::store::*;
+use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -154,7 +155,7 @@ impl InboxStore for PgStore {
     async fn inbox_insert_processed(
         &self,
         news: &[NewInboxEvent],
-        mut results: Vec<Option<EventResult>>,
+        results: Vec<Option<EventResult>>,
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<InsertProcessed> {
@@ -164,52 +165,25 @@ impl InboxStore for PgStore {
         let _ = lease; // The rows are born finished: the transaction is the lease.
         // PostgreSQL keeps microseconds: store and publish the same processing time.
         let now = chrono::SubsecRound::round_subsecs(now, 6);
-        let mut tx = self.pool.begin().await.map_err(pg_err)?;
-        // The apps' applier locks first (as every completion takes them): the per-call check
-        // below then sees every event an earlier applier of these apps committed.
+        // The apps' applier locks first (as every completion takes them), sent with the
+        // `BEGIN` (one round trip): the per-call check below then sees every event an
+        // earlier applier of these apps committed.
         let mut apps: Vec<Uuid> = news.iter().map(|e| e.app_id.0).collect();
         apps.sort_unstable();
         apps.dedup();
-        sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(l.k)) FROM ( \
-             SELECT DISTINCT hashtextextended('cti-app:' || a::text, 0) AS k \
-             FROM UNNEST($1::uuid[]) AS a ORDER BY 1) l",
-        )
-        .bind(&apps)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_err)?;
-        // Under the locks, one statement reads what the batch needs: the per-call order check
-        // and the calls, mappings and sequence numbers the processed events will change.
-        let keys = super::complete::StateKeys::of_batch(news, &results);
-        let (state, blocked) = super::complete::read_state(&mut tx, &keys, true).await?;
-        let claim = batch::inline::claims(news, &results, &blocked);
-        // Processed events are inserted finished; the transaction is the lease.
-        let born = batch::inline::born(&claim, &results);
-        let outcomes = insert_in(&mut tx, news, Some((&born, now))).await?;
-        let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
-        let held: HashMap<Uuid, AppId> = order
-            .iter()
-            .map(|&i| (news[i].id, news[i].app_id))
-            .collect();
-        let done = super::complete::apply_held(&mut tx, &items, &held, now, Some(state)).await?;
-        let mut failed = Vec::new();
-        let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
-        // The processor retries these (attempt 1 is spent, as after a failed claim).
-        for (id, error) in failed {
-            sqlx::query(
-                "UPDATE webhook_events SET status = 'failed', last_error = $1, \
-                 next_attempt_at = $2, processed_at = NULL, locked_until = NULL WHERE id = $3",
-            )
-            .bind(error)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_err)?;
-        }
-        tx.commit().await.map_err(pg_err)?;
-        Ok(report)
+        let mut conn = self.pool.acquire().await.map_err(pg_err)?;
+        let error = match conn.begin_with(begin_locking(&apps)).await {
+            Ok(mut tx) => {
+                let report = inline_batch(&mut tx, news, results, now).await?;
+                tx.commit().await.map_err(pg_err)?;
+                return Ok(report);
+            }
+            Err(e) => e,
+        };
+        // The lock may have failed inside the opened transaction: never hand that connection
+        // to anyone else.
+        conn.close_on_drop();
+        Err(pg_err(error))
     }
 
     async fn inbox_claim(
@@ -442,6 +416,57 @@ impl InboxStore for PgStore {
             .map_err(pg_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// [`InboxStore::inbox_insert_processed`] inside the transaction that holds the apps' locks.
+async fn inline_batch(
+    tx: &mut PgConnection,
+    news: &[NewInboxEvent],
+    mut results: Vec<Option<EventResult>>,
+    now: Timestamp,
+) -> StoreResult<InsertProcessed> {
+    // Under the locks, one statement reads what the batch needs: the per-call order check
+    // and the calls, mappings and sequence numbers the processed events will change.
+    let keys = super::complete::StateKeys::of_batch(news, &results);
+    let (state, blocked) = super::complete::read_state(&mut *tx, &keys, true).await?;
+    let claim = batch::inline::claims(news, &results, &blocked);
+    // Processed events are inserted finished; the transaction is the lease.
+    let born = batch::inline::born(&claim, &results);
+    let outcomes = insert_in(&mut *tx, news, Some((&born, now))).await?;
+    let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
+    let held: HashMap<Uuid, AppId> = order
+        .iter()
+        .map(|&i| (news[i].id, news[i].app_id))
+        .collect();
+    let done = super::complete::apply_held(&mut *tx, &items, &held, now, Some(state)).await?;
+    let mut failed = Vec::new();
+    let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
+    // The processor retries these (attempt 1 is spent, as after a failed claim).
+    for (id, error) in failed {
+        sqlx::query(
+            "UPDATE webhook_events SET status = 'failed', last_error = $1, \
+             next_attempt_at = $2, processed_at = NULL, locked_until = NULL WHERE id = $3",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(report)
+}
+
+/// `BEGIN` and the transaction-scoped applier locks of `apps` (sorted), in key order, as one
+/// simple query. The ids are formatted UUIDs, so the literal is safe.
+fn begin_locking(apps: &[Uuid]) -> String {
+    let list: Vec<String> = apps.iter().map(Uuid::to_string).collect();
+    format!(
+        "BEGIN; SELECT count(pg_advisory_xact_lock(l.k)) FROM ( \
+         SELECT DISTINCT hashtextextended('cti-app:' || a::text, 0) AS k \
+         FROM UNNEST('{{{}}}'::uuid[]) AS a ORDER BY 1) l",
+        list.join(",")
+    )
 }
 
 /// Inserts `events` if absent on `(app_id, dedupe_key)` on `conn`; with `claim`, the flagged
