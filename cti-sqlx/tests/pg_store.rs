@@ -19,6 +19,21 @@ fn t0() -> Timestamp {
         .unwrap()
 }
 
+/// A new app named `name` with key `k`.
+async fn new_app(s: &PgStore, name: &str, k: &str) -> App {
+    s.create_app(
+        NewApp {
+            id: AppId::new(),
+            name: name.into(),
+            key: key(k),
+            now: t0(),
+        },
+        AuditContext::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn key(n: &str) -> NewKey {
     NewKey {
         lookup: format!("{n:0>64}"),
@@ -119,18 +134,7 @@ async fn schemas_are_isolated_from_each_other() {
         return;
     };
     let (s1, s2) = (db1.store().await, db2.store().await);
-    let app = s1
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "one".into(),
-                key: key("k1"),
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let app = new_app(&s1, "one", "k1").await;
     assert!(s2.get_app(app.id).await.unwrap().is_none());
     assert_eq!(
         s2.list_apps(PageRequest::new(10, 0)).await.unwrap().total,
@@ -208,18 +212,7 @@ async fn unique_and_foreign_key_violations_map_to_conflict_and_not_found() {
         return;
     };
     let s = db.store().await;
-    let a = s
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "A".into(),
-                key: key("a"),
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let a = new_app(&s, "A", "a").await;
     let dup_key = s
         .create_app(
             NewApp {
@@ -336,18 +329,7 @@ async fn equal_arrival_times_are_claimed_in_insertion_order() {
         return;
     };
     let s = db.store().await;
-    let a = s
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "A".into(),
-                key: key("a"),
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let a = new_app(&s, "A", "a").await;
     let batch: Vec<NewInboxEvent> = (0..40)
         .map(|i| NewInboxEvent {
             id: Uuid::new_v4(),
@@ -393,18 +375,7 @@ async fn a_failed_applier_lock_does_not_poison_the_pool() {
     let mut opts = db.options();
     opts.max_connections = 1;
     let s = db.store_via(connect, opts).await;
-    let app = s
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "A".into(),
-                key: key("a"),
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let app = new_app(&s, "A", "a").await;
     let event = NewInboxEvent {
         id: Uuid::now_v7(),
         app_id: app.id,

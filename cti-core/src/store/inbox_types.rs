@@ -147,6 +147,23 @@ pub struct InboxStats {
     pub oldest_unprocessed_at: Option<Timestamp>,
 }
 
+impl InboxStats {
+    /// Counts `n` more events of `status` (`failed` ones are also `unprocessed`).
+    pub fn add(&mut self, status: EventStatus, n: u64) {
+        match status {
+            EventStatus::Pending => self.unprocessed += n,
+            EventStatus::Failed => {
+                self.unprocessed += n;
+                self.failed += n;
+            }
+            EventStatus::Processing => self.processing += n,
+            EventStatus::Done => self.done += n,
+            EventStatus::Ignored => self.ignored += n,
+            EventStatus::Dead => self.dead += n,
+        }
+    }
+}
+
 /// The inbox gauges of `GET /metrics` and `/metrics/prometheus`: what is waiting, held or
 /// dead-lettered. A store reads them at a cost that follows the backlog and the dead letters,
 /// not the retained history of finished events (see [`InboxStore::inbox_backlog`]).

@@ -592,17 +592,7 @@ impl InboxStore for MemoryStore {
         let t = self.t.lock();
         let mut s = InboxStats::default();
         for e in t.inbox.values() {
-            match e.status {
-                EventStatus::Pending => s.unprocessed += 1,
-                EventStatus::Failed => {
-                    s.unprocessed += 1;
-                    s.failed += 1
-                }
-                EventStatus::Processing => s.processing += 1,
-                EventStatus::Done => s.done += 1,
-                EventStatus::Ignored => s.ignored += 1,
-                EventStatus::Dead => s.dead += 1,
-            }
+            s.add(e.status, 1);
             if matches!(
                 e.status,
                 EventStatus::Pending | EventStatus::Failed | EventStatus::Processing

@@ -110,17 +110,7 @@ fn tally(rows: &[sqlx::postgres::PgRow]) -> StoreResult<InboxStats> {
         let n = u64_of(col(r, "n")?)?;
         let oldest: Option<Timestamp> = col(r, "oldest")?;
         let status = common::event_status(&status)?;
-        match status {
-            EventStatus::Pending => s.unprocessed += n,
-            EventStatus::Failed => {
-                s.unprocessed += n;
-                s.failed += n;
-            }
-            EventStatus::Processing => s.processing += n,
-            EventStatus::Done => s.done += n,
-            EventStatus::Ignored => s.ignored += n,
-            EventStatus::Dead => s.dead += n,
-        }
+        s.add(status, n);
         if matches!(
             status,
             EventStatus::Pending | EventStatus::Failed | EventStatus::Processing

@@ -253,51 +253,22 @@ impl InboxStore for SqliteStore {
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {
-        let mut r = self.read_conn().await?;
-        let mut tx = r.begin().await.map_err(map_err)?;
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM webhook_events GROUP BY status")
-            .fetch_all(&mut *tx)
+        self.counts("SELECT status, COUNT(*) AS n FROM webhook_events GROUP BY status")
             .await
-            .map_err(map_err)?;
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE status IN ('pending', 'failed', 'processing')",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        let mut s = tally(&rows)?;
-        s.oldest_unprocessed_at = rows::from_opt_ts("received_at", oldest)?;
-        Ok(s)
     }
 
     /// Reads the partial index of unfinished events and the `dead` range of the status index:
     /// a scrape costs what is waiting, not the retained history.
     async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
-        let mut r = self.read_conn().await?;
-        let mut tx = r.begin().await.map_err(map_err)?;
-        let rows = sqlx::query(
+        self.counts(
             "SELECT status, COUNT(*) AS n FROM webhook_events INDEXED BY webhook_events_unfinished
              WHERE status IN ('pending', 'failed', 'processing') GROUP BY status
              UNION ALL
              SELECT 'dead', COUNT(*) FROM webhook_events INDEXED BY webhook_events_status_next
              WHERE status = 'dead'",
         )
-        .fetch_all(&mut *tx)
         .await
-        .map_err(map_err)?;
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE status IN ('pending', 'failed', 'processing')",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        let mut s = tally(&rows)?;
-        s.oldest_unprocessed_at = rows::from_opt_ts("received_at", oldest)?;
-        Ok(InboxBacklog::from(s))
+        .map(InboxBacklog::from)
     }
 
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64> {
@@ -579,23 +550,33 @@ async fn select_claimable(
     Ok(picked.into_iter().collect())
 }
 
-/// Adds up `(status, n)` rows into counters.
-fn tally(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<InboxStats> {
-    let mut s = InboxStats::default();
-    for r in rows {
-        let status: String = r.try_get("status").map_err(map_err)?;
-        let n = rows::count(r.try_get("n").map_err(map_err)?);
-        match common::event_status(&status)? {
-            EventStatus::Pending => s.unprocessed += n,
-            EventStatus::Failed => {
-                s.unprocessed += n;
-                s.failed += n;
-            }
-            EventStatus::Processing => s.processing += n,
-            EventStatus::Done => s.done += n,
-            EventStatus::Ignored => s.ignored += n,
-            EventStatus::Dead => s.dead += n,
+impl SqliteStore {
+    /// The counters of `sql` (`(status, n)` rows) and the oldest unfinished event, read in one
+    /// transaction.
+    async fn counts(&self, sql: &str) -> StoreResult<InboxStats> {
+        let mut r = self.read_conn().await?;
+        let mut tx = r.begin().await.map_err(map_err)?;
+        let rows = sqlx::query(sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
+             WHERE status IN ('pending', 'failed', 'processing')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        let mut s = InboxStats::default();
+        for r in &rows {
+            let status: String = r.try_get("status").map_err(map_err)?;
+            s.add(
+                common::event_status(&status)?,
+                rows::count(r.try_get("n").map_err(map_err)?),
+            );
         }
+        s.oldest_unprocessed_at = rows::from_opt_ts("received_at", oldest)?;
+        Ok(s)
     }
-    Ok(s)
 }
