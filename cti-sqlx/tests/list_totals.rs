@@ -763,6 +763,67 @@ mod pg {
         assert_eq!(p.total, 50);
     }
 
+    /// Payloads stored as `jsonb` before migration 0003 read back the same from `json`, and the
+    /// inbox and the outbox accept rows once migration 0004 dropped their foreign keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_to_json_payloads_keeps_rows() {
+        let Some(db) = TestDb::new("json_mig").await else {
+            return;
+        };
+        let store = PgStore::connect(&db.url, db.options())
+            .await
+            .expect("connect")
+            .with_guard(Arc::new(db.clone()));
+        let old = migrations_before("postgres", 3);
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .expect("old migrations")
+            .run(store.pool())
+            .await
+            .expect("run old migrations");
+        let raw = Raw::Pg(store.pool().clone());
+        let s: Arc<dyn Store> = Arc::new(store.clone());
+        let app = new_app(&s).await;
+        let payload =
+            r#"{"call_id": 77, "state": "hangup", "nested": {"name": "Zoë", "n": [1, 2.5]}}"#;
+        let event = Uuid::now_v7();
+        raw.exec(&format!(
+            "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, payload)
+             VALUES ('{event}', '{app}', 'k', 77, '{payload}');
+             INSERT INTO calls (app_id, dialpad_call_id, status, raw_payload)
+             VALUES ('{app}', 77, 'ended', '{payload}');
+             INSERT INTO cti_events (app_id, seq, event, payload)
+             VALUES ('{app}', 1, 'call.ended', '{{\"event\": \"call.ended\"}}');",
+            app = app.0,
+        ))
+        .await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the newest version");
+        let want: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let got = s.inbox_get(None, event).await.unwrap().expect("event");
+        assert_eq!(got.payload.to_value().unwrap(), want);
+        let call = s
+            .get_call_by_dialpad_id(app, DialpadId(77))
+            .await
+            .unwrap()
+            .expect("call");
+        assert_eq!(call.raw_payload.expect("raw").to_value().unwrap(), want);
+        let published = s.events_since(app, 0, 10).await.unwrap();
+        assert_eq!(
+            published[0].payload,
+            serde_json::json!({"event": "call.ended"})
+        );
+        // No foreign key any more: an event of an app that does not exist is stored.
+        raw.exec(&format!(
+            "INSERT INTO webhook_events (app_id, dedupe_key, payload)
+             VALUES ('{}', 'k', '{{}}')",
+            Uuid::new_v4()
+        ))
+        .await;
+    }
+
     /// The original server's schema (spec §7.1), shared with `pg_import.rs`.
     const ORIGINAL_DDL: &str = include_str!("fixtures/original_schema.sql");
 
