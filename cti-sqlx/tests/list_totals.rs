@@ -711,23 +711,29 @@ mod pg {
         check(&s, &raw, &apps).await;
     }
 
-    /// Rows written before migration 0002 are counted by its backfill.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn migration_backfills_counters() {
-        let Some(db) = TestDb::new("totals_mig").await else {
-            return;
-        };
+    /// A store on the scratch schema of `db` with the migrations older than `below` applied.
+    async fn store_before(db: &TestDb, below: i64) -> PgStore {
         let store = PgStore::connect(&db.url, db.options())
             .await
             .expect("connect")
             .with_guard(Arc::new(db.clone()));
-        let old = migrations_before("postgres", 2);
+        let old = migrations_before("postgres", below);
         sqlx::migrate::Migrator::new(old.path())
             .await
             .expect("old migrations")
             .run(store.pool())
             .await
             .expect("run old migrations");
+        store
+    }
+
+    /// Rows written before migration 0002 are counted by its backfill.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_backfills_counters() {
+        let Some(db) = TestDb::new("totals_mig").await else {
+            return;
+        };
+        let store = store_before(&db, 2).await;
         let raw = Raw::Pg(store.pool().clone());
         let s: Arc<dyn Store> = Arc::new(store.clone());
         let apps = vec![new_app(&s).await, new_app(&s).await];
@@ -770,17 +776,7 @@ mod pg {
         let Some(db) = TestDb::new("json_mig").await else {
             return;
         };
-        let store = PgStore::connect(&db.url, db.options())
-            .await
-            .expect("connect")
-            .with_guard(Arc::new(db.clone()));
-        let old = migrations_before("postgres", 3);
-        sqlx::migrate::Migrator::new(old.path())
-            .await
-            .expect("old migrations")
-            .run(store.pool())
-            .await
-            .expect("run old migrations");
+        let store = store_before(&db, 3).await;
         let raw = Raw::Pg(store.pool().clone());
         let s: Arc<dyn Store> = Arc::new(store.clone());
         let app = new_app(&s).await;
