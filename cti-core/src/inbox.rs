@@ -371,10 +371,9 @@ struct Inner {
     /// Newest committed `seq` per app not yet announced on the bus. The writers and workers
     /// record heads here and go on; the `signaller` task sends them (coalesced), so a bus
     /// round trip is never part of a batch's serial path or of a webhook's response time.
+    /// Before [`Cti::start`] (no relay, no signaller), heads are sent inline.
     heads: Mutex<HashMap<AppId, u64>>,
     heads_ready: Notify,
-    /// Set by [`Cti::start`]: the `signaller` runs. Before that, heads are sent inline.
-    signaller: AtomicBool,
 }
 
 impl Inner {
@@ -461,7 +460,6 @@ impl CtiBuilder {
                 published_rx: Mutex::new(Some(published_rx)),
                 heads: Mutex::new(HashMap::new()),
                 heads_ready: Notify::new(),
-                signaller: AtomicBool::new(false),
                 config,
             }),
         }
@@ -1093,12 +1091,11 @@ impl Cti {
             }
         }
         // Before the bus signal, so the relay finds the events before it would read them.
-        // A full queue only costs the relay a read; without a running relay (its receiver not
-        // taken by `start`) nothing is queued.
-        if self.inner.published_rx.lock().is_none() {
+        // A full queue only costs the relay a read. Without `start` (the relay's receiver not
+        // taken) nothing is queued and the heads go out here, as no signaller runs either.
+        let started = self.inner.published_rx.lock().is_none();
+        if started {
             let _ = self.inner.published_tx.try_send(published);
-        }
-        if self.inner.signaller.load(Ordering::Acquire) {
             let mut pending = self.inner.heads.lock();
             for (app, seq) in heads {
                 let head = pending.entry(app).or_insert(seq);
@@ -1190,7 +1187,6 @@ impl Cti {
         )));
         tasks.push(tokio::spawn(retention(self.clone(), stop_notify.clone())));
         tasks.push(tokio::spawn(key_watch(self.clone(), stop_notify.clone())));
-        self.inner.signaller.store(true, Ordering::Release);
         tasks.push(tokio::spawn(signaller(self.clone(), stop_notify.clone())));
         Running {
             cti: self.clone(),
