@@ -170,6 +170,8 @@ pub struct Resources {
     pub client_cpu_us_per_request: f64,
     /// Server CPU per completed request (µs).
     pub server_cpu_us_per_request: Option<f64>,
+    /// The machine's speed, measured before the load ([`crate::calibrate::measure_once`]).
+    pub machine: Option<crate::calibrate::MachineSpeed>,
 }
 
 /// Starts measuring [`Resources`].
@@ -210,6 +212,7 @@ impl ResourceProbe {
             server_cpu_s: server,
             client_cpu_us_per_request: per(client),
             server_cpu_us_per_request: server.map(per),
+            machine: crate::calibrate::measured(),
         }
     }
 }
@@ -234,7 +237,11 @@ impl std::fmt::Display for Resources {
             "; load average {} → {}",
             la(self.load_avg_before),
             la(self.load_avg_after)
-        )
+        )?;
+        match &self.machine {
+            Some(m) => write!(f, "\n  machine: {m}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -15,9 +15,11 @@
 //!
 //! The load path uses raw hyper HTTP/1.1 connections ([`http`]) so the client stays cheap; the
 //! payloads are rendered from templates of the Dialpad fixtures and signed before the timed loop
-//! ([`payload`]).
+//! ([`payload`]). Every report carries the machine's speed on the server's hot path
+//! ([`calibrate`]), measured before the load, so figures from different days can be compared.
 
 pub mod api;
+pub mod calibrate;
 pub mod control;
 pub mod http;
 pub mod load;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use cti_loadgen::load::Rate;
 use cti_loadgen::payload::{AuthPath, Mix};
-use cti_loadgen::{Target, api, control, webhook, ws};
+use cti_loadgen::{Target, api, calibrate, control, webhook, ws};
 
 /// The same allocator as `cti-server`, so the client costs as little CPU as it can.
 #[global_allocator]
@@ -164,6 +164,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stalled: usize,
     },
+    /// Only the machine's speed on the server's hot path (verify + normalize of one call-event
+    /// JWT on one core); every other command reports it too. Needs no server.
+    Calibrate,
 }
 
 fn secs(s: f64) -> Duration {
@@ -222,7 +225,13 @@ fn emit<T: serde::Serialize + std::fmt::Display>(json: bool, report: &T) {
 }
 
 async fn run(cli: Cli) -> Result<bool, String> {
+    // Before any load, on a quiet client: every report carries the figure.
+    let machine = calibrate::measure_once().map_err(|e| e.to_string())?;
     match cli.command {
+        Command::Calibrate => {
+            emit(cli.json, &machine);
+            Ok(true)
+        }
         Command::Webhook {
             load,
             auth,
