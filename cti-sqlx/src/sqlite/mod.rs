@@ -13,7 +13,8 @@
 //!   use a small pool (WAL readers never block the writer).
 //! * WAL checkpoints run on their own connection in the background
 //!   (`PRAGMA wal_checkpoint(PASSIVE)` every 10 ms while writing), so commits never wait for the
-//!   checkpoint's `fsync`.
+//!   checkpoint's `fsync`; the same task makes the log restart every few thousand frames,
+//!   pausing the writer only for one short, nearly clean checkpoint (see `Checkpointer`).
 //! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use the writer connection for
 //!   reads too, because every connection to an in-memory database would otherwise see its
 //!   own empty database.
@@ -37,8 +38,8 @@ mod rows;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,20 +78,33 @@ const WRITER_CACHE: &str = "-8192";
 const READER_CACHE: &str = "-8192";
 
 /// Interval of the background WAL checkpoint while the database is being written. Each
-/// checkpoint `fsync`s the WAL and the database file, and the writer's appends stall behind
-/// those flushes, so many small checkpoints beat few large ones: at 2,000 webhooks/s the ingest
+/// checkpoint `fsync`s the WAL (and the database file when it caught up with the log), and the
+/// writer's appends stall behind those flushes, so many small checkpoints beat few large ones: at 2,000 webhooks/s the ingest
 /// p99 was 83 ms with 1 s, 27 ms with 100 ms and 16 ms with 10 ms (docs/performance.md). An
 /// idle database is not checkpointed.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The writer checkpoints by itself past this many WAL pages (40 MiB; SQLite's default is
-/// 1000). Under steady writes the background checkpoint copies the frames but cannot let the
-/// WAL restart (the writer has always appended more since), so it is this checkpoint — on the
-/// writer's thread, with `fsync`s, while ingest waits, but short because the frames are already
-/// copied — that restarts the WAL. Measured (docs/performance.md): 4,000 pages cost ~8 % of
-/// flat-out throughput; 20,000 pages let the WAL pass [`JOURNAL_SIZE_LIMIT`] (truncated and
-/// re-grown every cycle) and doubled the open-loop p99 in some runs; 100,000 pages: p99 88 ms.
+/// 1000): a bound on the WAL should the background [`Checkpointer`] fall behind. Normally the
+/// checkpointer restarts the log long before (see [`RESTART_FRAMES`]). The writer's own
+/// checkpoint runs in its commit and `fsync`s the database file, which holds every page copied
+/// since the last such flush: when it was the only way the WAL restarted, that `fsync` took
+/// 8–14 ms three to five times a second, and set the ingest p99 (docs/performance.md,
+/// 2026-11-30 f).
 const WRITER_AUTOCHECKPOINT: &str = "10000";
+
+/// WAL length (frames) past which the background [`Checkpointer`] makes the log restart:
+/// it flushes the database file beside the writer, then pauses the writer for one last short
+/// checkpoint. 4,000 frames are about a seventh of a second of ingest at 2,000 webhooks/s
+/// (small commits log many pages each), less flat out.
+const RESTART_FRAMES: i64 = 4000;
+
+/// Before pausing the writer, the checkpointer flushes the database file up to this many
+/// times, until a flush takes less than [`SHORT_FLUSH`].
+const FLUSH_ROUNDS: usize = 3;
+
+/// A flush this short leaves little for the paused step.
+const SHORT_FLUSH: Duration = Duration::from_millis(2);
 
 /// The WAL file is truncated back to this size (bytes) after it was reset.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
@@ -114,16 +128,33 @@ pub struct SqliteStore {
 }
 
 /// Copies committed WAL frames into the database file (`PRAGMA wal_checkpoint(PASSIVE)`) on
-/// its own connection every [`CHECKPOINT_INTERVAL`] while the writer is in use, so the writer's commits do not pay for
-/// the checkpoint's writes and `fsync`s. PASSIVE never blocks the writer or readers. The
-/// writer keeps a high `wal_autocheckpoint` as a bound on the WAL size should this task fall
-/// behind (by then most frames are already copied, so that checkpoint is short).
+/// its own connection every [`CHECKPOINT_INTERVAL`] while the writer is in use, so the writer's
+/// commits do not pay for the checkpoint's writes and `fsync`s. PASSIVE never blocks the writer
+/// or readers.
+///
+/// Copying is not enough to keep the WAL short: SQLite restarts the log only when a write
+/// transaction begins while every frame is copied, and under steady writes the writer has
+/// always committed more since the last checkpoint. So once the log passes
+/// [`RESTART_FRAMES`], the checkpointer restarts it in two steps: it `fsync`s the database file
+/// itself (the pages its checkpoints copied; the writer keeps committing meanwhile), then takes
+/// the writer's mutex for one more PASSIVE checkpoint, which copies the few frames committed
+/// since and, having caught up, `fsync`s the WAL and the database — both nearly clean by
+/// then — so the writer's next transaction starts the log over. The writer pauses for that
+/// last step only (about a millisecond), instead of paying its own autocheckpoint's full
+/// `fsync` ([`WRITER_AUTOCHECKPOINT`]). If a reader's snapshot keeps the checkpoint from
+/// catching up, the next attempt waits until the log has grown by another [`RESTART_FRAMES`].
 struct Checkpointer {
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Checkpointer {
-    fn start(mut conn: SqliteConnection, writes: Arc<AtomicU64>) -> Self {
+    fn start(
+        mut conn: SqliteConnection,
+        writes: Arc<AtomicU64>,
+        writer: Weak<Mutex<Writer>>,
+        db: Option<std::fs::File>,
+    ) -> Self {
+        let db = db.map(Arc::new);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,6 +162,8 @@ impl Checkpointer {
             // Ticks still to checkpoint: a few more after the last write, so a transaction that
             // was still running at the previous tick is copied too.
             let mut pending = 1u8;
+            // WAL length from which the next restart is attempted.
+            let mut restart_at = RESTART_FRAMES;
             loop {
                 tick.tick().await;
                 let now = writes.load(Ordering::Relaxed);
@@ -142,15 +175,75 @@ impl Checkpointer {
                     continue;
                 }
                 pending -= 1;
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&mut conn)
-                    .await
-                {
-                    tracing::warn!(error = %map_err(e), "sqlite background checkpoint failed");
+                let Some(wal) = passive_checkpoint(&mut conn).await else {
+                    continue;
+                };
+                if wal.log < RESTART_FRAMES {
+                    // The log restarted (or is short): the next attempt is due at the limit.
+                    restart_at = RESTART_FRAMES;
+                    continue;
                 }
+                if wal.log < restart_at {
+                    // Waiting for the log to grow after a failed attempt.
+                    continue;
+                }
+                if let Some(db) = &db {
+                    // Flush until a flush is short: what was copied during a long one is
+                    // copied and flushed again, so the paused step has almost nothing left.
+                    for _ in 0..FLUSH_ROUNDS {
+                        let started = std::time::Instant::now();
+                        let db = db.clone();
+                        match tokio::task::spawn_blocking(move || db.sync_data()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "sqlite database flush failed");
+                            }
+                            Err(e) => tracing::warn!(error = %e, "sqlite database flush panicked"),
+                        }
+                        if started.elapsed() < SHORT_FLUSH {
+                            break;
+                        }
+                        passive_checkpoint(&mut conn).await;
+                    }
+                }
+                let Some(writer) = writer.upgrade() else {
+                    return;
+                };
+                let paused = writer.lock().await;
+                let last = passive_checkpoint(&mut conn).await;
+                drop(paused);
+                restart_at = match last {
+                    Some(w) if w.copied >= w.log => RESTART_FRAMES,
+                    // A reader's snapshot held it back: try again after as many frames more.
+                    Some(w) => w.log + RESTART_FRAMES,
+                    None => wal.log + RESTART_FRAMES,
+                };
             }
         });
         Self { task }
+    }
+}
+
+/// What `PRAGMA wal_checkpoint` reports (frames): the WAL's length in the checkpoint's
+/// snapshot, taken when it started, and how much of the WAL is copied into the database file.
+/// `copied == log` means caught up with that snapshot only: the writer may have committed
+/// more meanwhile, unless it was paused.
+struct WalState {
+    log: i64,
+    copied: i64,
+}
+
+/// One `PRAGMA wal_checkpoint(PASSIVE)` on `conn`; `None` (logged) when it failed.
+async fn passive_checkpoint(conn: &mut SqliteConnection) -> Option<WalState> {
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(conn)
+        .await
+    {
+        Ok((_busy, log, copied)) => Some(WalState { log, copied }),
+        Err(e) => {
+            tracing::warn!(error = %map_err(e), "sqlite background checkpoint failed");
+            None
+        }
     }
 }
 
@@ -253,6 +346,8 @@ impl SqliteStore {
             },
         )?;
         let checkpointer = opts.clone().connect().await.map_err(map_err)?;
+        // Flushed by the checkpointer (`fsync` needs no write access).
+        let db_file = std::fs::File::open(opts.get_filename()).ok();
         let writes = Arc::new(AtomicU64::new(0));
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_POOL_SIZE)
@@ -263,11 +358,18 @@ impl SqliteStore {
             )
             .await
             .map_err(map_err)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let checkpointer = Checkpointer::start(
+            checkpointer,
+            writes.clone(),
+            Arc::downgrade(&writer),
+            db_file,
+        );
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            writes: writes.clone(),
+            writer,
+            writes,
             reader: Some(reader),
-            _checkpointer: Some(Arc::new(Checkpointer::start(checkpointer, writes))),
+            _checkpointer: Some(Arc::new(checkpointer)),
             _temp: None,
         })
     }
