@@ -164,6 +164,7 @@ impl Checkpointer {
             let mut pending = 1u8;
             // WAL length from which the next restart is attempted.
             let mut restart_at = RESTART_FRAMES;
+            let mut flush_failed = false;
             loop {
                 tick.tick().await;
                 let now = writes.load(Ordering::Relaxed);
@@ -193,12 +194,17 @@ impl Checkpointer {
                     for _ in 0..FLUSH_ROUNDS {
                         let started = std::time::Instant::now();
                         let db = db.clone();
-                        match tokio::task::spawn_blocking(move || db.sync_data()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
+                        let flushed = tokio::task::spawn_blocking(move || db.sync_data()).await;
+                        if let Err(e) = flushed
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                        {
+                            // Without the flush the paused step flushes more; said once.
+                            if !flush_failed {
                                 tracing::warn!(error = %e, "sqlite database flush failed");
+                                flush_failed = true;
                             }
-                            Err(e) => tracing::warn!(error = %e, "sqlite database flush panicked"),
+                            break;
                         }
                         if started.elapsed() < SHORT_FLUSH {
                             break;
