@@ -164,6 +164,9 @@ impl Checkpointer {
             let mut pending = 1u8;
             // WAL length from which the next restart is attempted.
             let mut restart_at = RESTART_FRAMES;
+            // The write count when the last restart was prepared: until the next write the log
+            // keeps its length (the writer restarts it), and there is nothing to prepare.
+            let mut prepared_at = None;
             let mut flush_failed = false;
             loop {
                 tick.tick().await;
@@ -184,8 +187,9 @@ impl Checkpointer {
                     restart_at = RESTART_FRAMES;
                     continue;
                 }
-                if wal.log < restart_at {
-                    // Waiting for the log to grow after a failed attempt.
+                if wal.log < restart_at || prepared_at == Some(now) {
+                    // Waiting for the log to grow after a failed attempt, or for the writer to
+                    // restart it.
                     continue;
                 }
                 if let Some(db) = &db {
@@ -217,9 +221,13 @@ impl Checkpointer {
                 };
                 let paused = writer.lock().await;
                 let last = passive_checkpoint(&mut conn).await;
+                let written = writes.load(Ordering::Relaxed);
                 drop(paused);
                 restart_at = match last {
-                    Some(w) if w.copied >= w.log => RESTART_FRAMES,
+                    Some(w) if w.copied >= w.log => {
+                        prepared_at = Some(written);
+                        RESTART_FRAMES
+                    }
                     // A reader's snapshot held it back: try again after as many frames more.
                     Some(w) => w.log + RESTART_FRAMES,
                     None => wal.log + RESTART_FRAMES,
