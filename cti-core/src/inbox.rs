@@ -140,7 +140,9 @@ pub struct CtiConfig {
     /// lost), or a rotation grace period that ended — is closed with code 4001 within this
     /// interval. Changes made through this `Cti` close subscriptions immediately.
     pub key_recheck: Duration,
-    /// Concurrent inbox write batches (group commit; default 4).
+    /// Concurrent inbox write batches (group commit; default 4). Each writer is a task of the
+    /// runtime that calls [`Cti::start`], or a thread of its own (`cti-writer-<n>`) when the
+    /// store's writes block ([`InboxStore::blocking_writes`]).
     pub ingest_writers: usize,
     /// Largest group-commit batch (default 256).
     pub ingest_batch: usize,
@@ -1157,12 +1159,21 @@ impl Cti {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         if let Some(rx) = self.inner.insert_rx.lock().take() {
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..self.inner.config.ingest_writers.max(1) {
-                tasks.push(tokio::spawn(insert_writer(
-                    self.clone(),
-                    rx.clone(),
-                    ready_rx.clone(),
-                )));
+            let own_threads = self.inner.store.blocking_writes();
+            for n in 0..self.inner.config.ingest_writers.max(1) {
+                let writer = || insert_writer(self.clone(), rx.clone(), ready_rx.clone());
+                if own_threads {
+                    match spawn_writer_thread(n, writer()) {
+                        Ok(stop) => {
+                            tasks.push(stop);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start an ingest writer thread; running the writer as a task");
+                        }
+                    }
+                }
+                tasks.push(tokio::spawn(writer()));
             }
         }
         let mut workers = Vec::new();
@@ -1292,6 +1303,40 @@ async fn insert_writer(
             }
         }
     }
+}
+
+/// Runs an ingest `writer` on a thread of its own (named `cti-writer-<n>`), in a
+/// current-thread runtime: for stores whose writes block the calling thread
+/// ([`InboxStore::blocking_writes`]). As a task of the server's runtime, such a writer held a
+/// worker for each transaction (`block_in_place` hands the worker's other tasks over) and,
+/// between two batches, waited for its turn behind the requests its last batch had just
+/// answered — the database stood idle meanwhile (docs/performance.md, 2026-11-30 g).
+///
+/// The returned task only holds the thread's stop signal: aborting it (as
+/// [`Running::shutdown`] does with every task) or dropping it with its runtime stops the
+/// writer at its next await, as aborting the writer's task would.
+fn spawn_writer_thread(
+    n: usize,
+    writer: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("cti-writer-{n}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    () = writer => {}
+                    _ = stop_rx => {}
+                }
+            });
+        })?;
+    Ok(tokio::spawn(async move {
+        let _stop = stop_tx;
+        std::future::pending::<()>().await
+    }))
 }
 
 /// Inserts one group-commit batch — processing it in the same transaction when

@@ -209,6 +209,15 @@ pub trait InboxStore: Send + Sync {
         false
     }
 
+    /// `true` when this store's inbox writes run synchronously, holding the calling thread for
+    /// the whole transaction (SQLite's direct transactions). [`Cti::start`](crate::Cti::start)
+    /// then runs each ingest writer on a thread of its own instead of as a task of the
+    /// caller's runtime, so that a write never holds a runtime worker and the writer never
+    /// waits behind the runtime's queue of requests between two batches. Default `false`.
+    fn blocking_writes(&self) -> bool {
+        false
+    }
+
     /// Claims up to `limit` due events (`pending`, or `failed` with `next_attempt_at <= now`,
     /// or `processing` with an expired lease), oldest first, setting `status = processing`,
     /// `locked_until = now + lease` and incrementing `attempts`. Never returns an event whose

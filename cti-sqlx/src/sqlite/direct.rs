@@ -7,8 +7,11 @@
 //! statements spent most of its time (and the writer most of its hold) in those hand-offs.
 //! The hot write paths — inbox inserts, inline processing, completions — therefore run the
 //! whole `BEGIN IMMEDIATE … COMMIT` synchronously through rusqlite (same `libsqlite3-sys`, so
-//! the same SQLite library), with cached prepared single-row statements, inside
-//! `tokio::task::block_in_place` so the runtime moves its other tasks to another thread.
+//! the same SQLite library), with cached prepared single-row statements. The ingest writer
+//! calls it from a thread of its own (`InboxStore::blocking_writes`: `Cti::start` runs it on
+//! a current-thread runtime there); a caller on a multi-threaded runtime's worker (the
+//! processor, administrative writes) runs it inside `tokio::task::block_in_place`, so the
+//! runtime moves that worker's other tasks to another thread.
 //!
 //! The direct connection is part of the single writer: it is only used under the writer's
 //! mutex, so writes stay serialised in-process and the two connections never wait for each

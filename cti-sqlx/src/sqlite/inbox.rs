@@ -53,6 +53,11 @@ impl InboxStore for SqliteStore {
         true
     }
 
+    /// The hot writes are direct rusqlite transactions (`direct.rs`): synchronous.
+    fn blocking_writes(&self) -> bool {
+        true
+    }
+
     async fn inbox_insert_processed(
         &self,
         news: &[NewInboxEvent],

@@ -8,9 +8,10 @@
 //!   mutex rather than a pool of one: a pool checkout costs two extra round trips to the
 //!   connection thread (ping on acquire and on release) plus a spawned task, more than the
 //!   statements of a small transaction. The hot write transactions (inbox inserts, inline
-//!   processing, completions) run in one synchronous call through rusqlite (`block_in_place`)
-//!   instead of statement by statement through sqlx (`direct.rs`); the rest use sqlx. Reads
-//!   use a small pool (WAL readers never block the writer).
+//!   processing, completions) run in one synchronous call through rusqlite instead of
+//!   statement by statement through sqlx (`direct.rs`); the rest use sqlx. The store reports
+//!   its writes as blocking (`InboxStore::blocking_writes`), so `Cti` runs its ingest writer
+//!   on a thread of its own. Reads use a small pool (WAL readers never block the writer).
 //! * WAL checkpoints run on their own connection in the background
 //!   (`PRAGMA wal_checkpoint(PASSIVE)` every 10 ms while writing), so commits never wait for the
 //!   checkpoint's `fsync`; the same task makes the log restart every few thousand frames,
