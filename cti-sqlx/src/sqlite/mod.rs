@@ -13,7 +13,7 @@
 //!   its writes as blocking (`InboxStore::blocking_writes`), so `Cti` runs its ingest writer
 //!   on a thread of its own. Reads use a small pool (WAL readers never block the writer).
 //! * WAL checkpoints run on their own connection in the background
-//!   (`PRAGMA wal_checkpoint(PASSIVE)` every 10 ms while writing), so commits never wait for the
+//!   (`PRAGMA wal_checkpoint(PASSIVE)` every 50 ms while writing), so commits never wait for the
 //!   checkpoint's `fsync`; the same task makes the log restart every few thousand frames,
 //!   pausing the writer only for one short, nearly clean checkpoint (see `Checkpointer`).
 //! * In-memory databases (`sqlite::memory:`, `…mode=memory…`) use the writer connection for
@@ -79,12 +79,14 @@ const WRITER_CACHE: &str = "-8192";
 const READER_CACHE: &str = "-8192";
 
 /// Interval of the background WAL checkpoint while the database is being written. Each
-/// checkpoint `fsync`s the WAL (and the database file when it caught up with the log), and the
-/// writer's appends stall behind those flushes, so many small checkpoints beat few large ones:
-/// at 2,000 webhooks/s the ingest p99 was 83 ms with 1 s, 27 ms with 100 ms and 16 ms with
-/// 10 ms (docs/performance.md; since the checkpointer restarts the log itself, 30 ms measured
-/// the same as 10 ms). An idle database is not checkpointed.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
+/// checkpoint `fsync`s the WAL (and the database file when it caught up with the log). Before
+/// the checkpointer restarted the log itself, the writer's appends stalled behind large
+/// checkpoints, and at 2,000 webhooks/s the ingest p99 was 83 ms with 1 s, 27 ms with 100 ms
+/// and 16 ms with 10 ms. Since it does, the interval no longer sets the tail, and a longer
+/// one copies a page rewritten by several commits once: 50 ms cost 5–10 % less server CPU per
+/// request than 10 ms at the same p99 (docs/performance.md, 2026-11-30 g). An idle database
+/// is not checkpointed.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The writer checkpoints by itself past this many WAL pages (40 MiB; SQLite's default is
 /// 1000): a bound on the WAL should the background [`Checkpointer`] fall behind. Normally the
