@@ -62,8 +62,9 @@ use crate::common::map_err;
 
 /// The embedded SQLite migrations (`cti-sqlx/migrations/sqlite`): `0001` the schema,
 /// `0002` the by-call index of the inbox (dropped again by `0004`: unused, and a random index
-/// page per ingested event), `0003` the trigger-maintained list counters. (A new migration file is only embedded when this
-/// crate recompiles; `cargo clean -p cti-sqlx` if it was added without a source change.)
+/// page per ingested event), `0003` the trigger-maintained list counters. (A new migration
+/// file is only embedded when this crate recompiles; `cargo clean -p cti-sqlx` if it was
+/// added without a source change.)
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Size of the read pool of a file database.
