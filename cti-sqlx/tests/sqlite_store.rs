@@ -12,6 +12,8 @@ use cti_sqlx::SqliteStore;
 use cti_sqlx::sqlite::{MIGRATOR, MigrationError};
 use uuid::Uuid;
 
+mod sqlite_support;
+
 fn t0() -> Timestamp {
     chrono::Utc
         .with_ymd_and_hms(2026, 1, 29, 12, 0, 0)
@@ -600,9 +602,8 @@ async fn failed_inline_processing_stores_nothing() {
 /// gone — inline processing never costs an event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_inline_processing_falls_back_to_the_processor() {
-    use cti_core::inbox::{IngestOutcome, ProcessorConfig, WebhookRequest};
+    use cti_core::inbox::ProcessorConfig;
     use cti_core::secrets::Secret;
-    use cti_core::verify::sign_hmac_b64;
     use cti_core::{Cti, CtiConfig};
     use sqlx::{Connection, Executor};
 
@@ -632,20 +633,7 @@ async fn failed_inline_processing_falls_back_to_the_processor() {
         .await
         .unwrap();
     let body = br#"{"event_type":"call.ring","call_id":4242,"direction":"inbound"}"#;
-    let sig = sign_hmac_b64(body, b"W");
-    let outcome = cti
-        .ingest(WebhookRequest {
-            body,
-            content_type: Some("application/json"),
-            signature: Some(&sig),
-            app_key: Some(key.expose()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let IngestOutcome::Accepted { event_id, .. } = outcome else {
-        panic!("{outcome:?}");
-    };
+    let event_id = sqlite_support::ingest_json(&cti, b"W", key.expose(), body).await;
     let stored = store.inbox_get(None, event_id).await.unwrap().unwrap();
     assert_ne!(
         stored.status,
@@ -715,9 +703,7 @@ impl cti_core::fanout::EventBus for GatedBus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_answered_without_waiting_for_the_bus() {
     use cti_core::fanout::{BusSignal, Delivery, EventBus};
-    use cti_core::inbox::{IngestOutcome, WebhookRequest};
     use cti_core::secrets::Secret;
-    use cti_core::verify::sign_hmac_b64;
     use cti_core::{Cti, CtiConfig};
 
     let (gate, open) = tokio::sync::watch::channel(false);
@@ -741,24 +727,12 @@ async fn webhooks_are_answered_without_waiting_for_the_bus() {
     for call in [5001, 5002, 5003] {
         let body =
             format!(r#"{{"event_type":"call.ring","call_id":{call},"direction":"inbound"}}"#);
-        let sig = sign_hmac_b64(body.as_bytes(), b"W");
-        let outcome = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(5),
-            cti.ingest(WebhookRequest {
-                body: body.as_bytes(),
-                content_type: Some("application/json"),
-                signature: Some(&sig),
-                app_key: Some(key.expose()),
-                ..Default::default()
-            }),
+            sqlite_support::ingest_json(&cti, b"W", key.expose(), body.as_bytes()),
         )
         .await
-        .expect("answered while the bus is stuck")
-        .unwrap();
-        assert!(
-            matches!(outcome, IngestOutcome::Accepted { .. }),
-            "{outcome:?}"
-        );
+        .expect("answered while the bus is stuck");
         match tokio::time::timeout(Duration::from_secs(5), live.recv()).await {
             Ok(Some(Delivery::Event(e))) => assert_eq!(e.payload["call_id"], call.to_string()),
             other => panic!("local delivery while the bus is stuck: {other:?}"),

@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cti_core::inbox::{IngestOutcome, WebhookRequest};
 use cti_core::model::{CallStatus, DialpadId};
 use cti_core::secrets::Secret;
 use cti_core::store::{InboxStore, RecordStore};
-use cti_core::verify::sign_hmac_b64;
 use cti_core::{Cti, CtiConfig};
 use cti_sqlx::SqliteStore;
+
+mod sqlite_support;
+use sqlite_support::ingest_json;
 
 /// Names (`comm`) of this process's threads.
 fn thread_names() -> Vec<String> {
@@ -74,20 +75,7 @@ async fn sqlite_ingest_writes_on_its_own_thread_until_shutdown() {
     for call_id in [5001u64, 5002] {
         let body =
             format!(r#"{{"event_type":"call.ring","call_id":{call_id},"direction":"inbound"}}"#);
-        let sig = sign_hmac_b64(body.as_bytes(), b"W");
-        let outcome = cti
-            .ingest(WebhookRequest {
-                body: body.as_bytes(),
-                content_type: Some("application/json"),
-                signature: Some(&sig),
-                app_key: Some(key.expose()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let IngestOutcome::Accepted { event_id, .. } = outcome else {
-            panic!("{outcome:?}");
-        };
+        let event_id = ingest_json(&cti, b"W", key.expose(), body.as_bytes()).await;
         assert!(store.inbox_get(None, event_id).await.unwrap().is_some());
         let call = store
             .get_call_by_dialpad_id(app.id, DialpadId(call_id))
