@@ -2,7 +2,9 @@
 //! PostgreSQL whatever writes the rows: randomized event sequences through the pipeline
 //! (inserts, status and direction changes, late events), multi-row SQL updates and deletes,
 //! `delete_voicemail`, app deletion (cascade), the migration backfill, the import of an
-//! original database and concurrent completes (PostgreSQL).
+//! original database and concurrent completes (PostgreSQL). Also the other migrations that
+//! rewrite stored rows: `json` payloads (PostgreSQL 0003) and the time-ordered dedupe index
+//! (0005, both backends), whose rows must keep deduplicating redeliveries.
 //!
 //! Every check compares the store's totals with the rows the page queries return, and the
 //! counter tables with a real `COUNT(*) … GROUP BY`.
@@ -574,6 +576,79 @@ fn migrations_before(dir: &str, below: i64) -> tempfile::TempDir {
     out
 }
 
+/// Inbox rows written before migration 0005 (`(app_id, dedupe_at, dedupe_key)`): a body-hash
+/// key with an event time, one without, an explicit id. `insert` is the backend's raw SQL for
+/// one row (`id`, `app`, `key`, `event_timestamp` or `NULL`); returns the rows' ids and keys.
+async fn old_inbox_rows(
+    raw: &Raw,
+    app: AppId,
+    insert: impl Fn(Uuid, AppId, &str, &str) -> String,
+) -> Vec<(Uuid, String, Option<i64>)> {
+    let rows = vec![
+        (Uuid::now_v7(), "ab".repeat(32), Some(1_767_225_600_000)),
+        (Uuid::now_v7(), "cd".repeat(32), None),
+        (
+            Uuid::now_v7(),
+            "id:evt-1".to_string(),
+            Some(1_767_225_600_001),
+        ),
+    ];
+    for (id, key, ts) in &rows {
+        let ts = ts.map_or("NULL".to_string(), |t| t.to_string());
+        raw.exec(&insert(*id, app, key, &ts)).await;
+    }
+    rows
+}
+
+/// After migration 0005, redeliveries of the [`old_inbox_rows`] are duplicates of them (through
+/// the group-commit and the inline insert), new keys are stored, and the old rows are intact.
+async fn old_rows_still_deduplicate(
+    s: &Arc<dyn Store>,
+    app: AppId,
+    rows: &[(Uuid, String, Option<i64>)],
+) {
+    let redelivered: Vec<NewInboxEvent> = rows
+        .iter()
+        .map(|(_, key, ts)| NewInboxEvent {
+            id: Uuid::now_v7(),
+            app_id: app,
+            dedupe_key: key.clone(),
+            event_type: Some("hangup".into()),
+            call_id: Some(DialpadId(5)),
+            state: Some("hangup".into()),
+            event_timestamp: *ts,
+            payload: serde_json::json!({"call_id": 5, "state": "hangup"}).into(),
+            received_at: t0(),
+        })
+        .collect();
+    let out = s.inbox_insert(redelivered.clone()).await.expect("insert");
+    let want: Vec<InsertOutcome> = rows.iter().map(|r| InsertOutcome::Duplicate(r.0)).collect();
+    assert_eq!(out, want);
+    let inline = s
+        .inbox_insert_processed(
+            &redelivered,
+            vec![None; redelivered.len()],
+            Duration::from_secs(30),
+            t0(),
+        )
+        .await
+        .expect("insert processed");
+    assert_eq!(inline.outcomes, want);
+    let mut fresh = redelivered[0].clone();
+    fresh.id = Uuid::now_v7();
+    fresh.dedupe_key = "ef".repeat(32);
+    let out = s.inbox_insert(vec![fresh.clone()]).await.expect("insert");
+    assert_eq!(out, vec![InsertOutcome::Inserted(fresh.id)]);
+    for (id, key, ts) in rows {
+        let got = s
+            .inbox_get(Some(app), *id)
+            .await
+            .expect("get")
+            .expect("old row");
+        assert_eq!((&got.dedupe_key, got.event_timestamp), (key, *ts));
+    }
+}
+
 // --- SQLite ----------------------------------------------------------------------------------
 
 mod sqlite {
@@ -648,6 +723,57 @@ mod sqlite {
             .await
             .expect("list");
         assert_eq!(p.total, 50);
+    }
+
+    /// Inbox rows stored before migration 0005 rebuilt the table keep deduplicating, and keep
+    /// their indexes: the pending ones are still claimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_to_the_time_ordered_dedupe_index_keeps_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("cti.db").display());
+        let store = SqliteStore::connect(&url).await.expect("connect");
+        let old = migrations_before("sqlite", 5);
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("raw");
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .expect("old migrations")
+            .run(&pool)
+            .await
+            .expect("run old migrations");
+        let raw = Raw::Lite(pool);
+        let s: Arc<dyn Store> = Arc::new(store.clone());
+        let app = new_app(&s).await;
+        let rows = old_inbox_rows(&raw, app, |id, app, key, ts| {
+            format!(
+                "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, event_timestamp, payload,
+                                             next_attempt_at, received_at)
+                 VALUES ('{id}', '{app}', '{key}', 5, {ts}, '{{\"call_id\": 5}}', 0, 0)",
+                app = app.0
+            )
+        })
+        .await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the newest version");
+        old_rows_still_deduplicate(&s, app, &rows).await;
+        assert_eq!(
+            raw.scalar("SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'")
+                .await,
+            0
+        );
+        let claimed = s
+            .inbox_claim(
+                10,
+                Duration::from_secs(30),
+                t0() + chrono::Duration::days(1),
+            )
+            .await
+            .expect("claim");
+        assert!(
+            claimed.iter().any(|e| e.id == rows[0].0),
+            "old pending rows are claimed"
+        );
     }
 }
 
@@ -818,6 +944,31 @@ mod pg {
             Uuid::new_v4()
         ))
         .await;
+    }
+
+    /// Inbox rows stored before migration 0005 keep deduplicating after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_to_the_time_ordered_dedupe_index_keeps_duplicates() {
+        let Some(db) = TestDb::new("dedupe_mig").await else {
+            return;
+        };
+        let store = store_before(&db, 5).await;
+        let raw = Raw::Pg(store.pool().clone());
+        let s: Arc<dyn Store> = Arc::new(store.clone());
+        let app = new_app(&s).await;
+        let rows = old_inbox_rows(&raw, app, |id, app, key, ts| {
+            format!(
+                "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, event_timestamp, payload)
+                 VALUES ('{id}', '{app}', '{key}', 5, {ts}, '{{\"call_id\": 5}}')",
+                app = app.0
+            )
+        })
+        .await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the newest version");
+        old_rows_still_deduplicate(&s, app, &rows).await;
     }
 
     /// The original server's schema (spec §7.1), shared with `pg_import.rs`.

@@ -28,7 +28,7 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@cases $make;
             apps_and_keys, concurrent_key_rotation, legacy_key_backfill, tenant_isolation,
-            inbox_dedupe_per_tenant, claim_lease_and_expiry, retry_backoff_dead_letter_redrive,
+            inbox_dedupe_per_tenant, inbox_dedupe_of_body_hashes, claim_lease_and_expiry, retry_backoff_dead_letter_redrive,
             per_call_ordering, concurrent_claims_are_exclusive, complete_applies_and_publishes,
             complete_batch, insert_processed,
             call_pagination_and_filters, message_and_voicemail_queries, mappings,
@@ -624,6 +624,92 @@ pub async fn inbox_dedupe_per_tenant(s: Arc<dyn Store>) {
     let stats = stats(&s).await;
     assert_eq!(stats.unprocessed, 3);
     assert_eq!(stats.oldest_unprocessed_at, Some(t0()));
+}
+
+/// Keys of the form `Cti::ingest` gives id-less bodies (64 lowercase hex digits, the body's
+/// SHA-256) with event timestamps, and explicit `id:` keys redelivered with another timestamp:
+/// a repeated key is a duplicate of the first event with it — across batches, inside one, and
+/// through the inline path — and never of another tenant's or another key's event. (SQL stores
+/// order their dedupe index by event time for such keys; the outcome must not change.)
+pub async fn inbox_dedupe_of_body_hashes(s: Arc<dyn Store>) {
+    let a = new_app(&s, "A", "a").await;
+    let b = new_app(&s, "B", "b").await;
+    let hash = |n: u8| format!("{n:02x}").repeat(32);
+    let ms = 1_767_225_600_000;
+    let h1 = ev(a.id, &hash(1), Some(1), Some(ms), t0());
+    let h2 = ev(a.id, &hash(2), Some(1), Some(ms), t0());
+    let untimed = ev(a.id, &hash(3), None, None, t0());
+    let explicit = ev(a.id, "id:evt-7", Some(2), Some(ms), t0());
+    let out = s
+        .inbox_insert(vec![
+            h1.clone(),
+            h2.clone(),
+            untimed.clone(),
+            explicit.clone(),
+            ev(a.id, &hash(1), Some(1), Some(ms), t0() + secs(1)),
+            ev(b.id, &hash(1), Some(1), Some(ms), t0()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[..4],
+        [h1.id, h2.id, untimed.id, explicit.id].map(InsertOutcome::Inserted)
+    );
+    assert_eq!(out[4], InsertOutcome::Duplicate(h1.id), "in one batch");
+    assert!(
+        matches!(out[5], InsertOutcome::Inserted(_)),
+        "another tenant"
+    );
+    // Redeliveries: the same bodies later, and the explicit id with another event time.
+    let again = s
+        .inbox_insert(vec![
+            ev(a.id, &hash(2), Some(1), Some(ms), t0() + secs(60)),
+            ev(a.id, &hash(3), None, None, t0() + secs(60)),
+            ev(a.id, "id:evt-7", Some(2), Some(ms + 5_000), t0() + secs(60)),
+            ev(a.id, "id:evt-7", Some(2), None, t0() + secs(60)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![
+            InsertOutcome::Duplicate(h2.id),
+            InsertOutcome::Duplicate(untimed.id),
+            InsertOutcome::Duplicate(explicit.id),
+            InsertOutcome::Duplicate(explicit.id),
+        ]
+    );
+    let fresh = ev(a.id, &hash(4), Some(3), Some(ms + 1), t0() + secs(61));
+    let done = s
+        .inbox_insert_processed(
+            &[
+                ev(a.id, &hash(1), Some(1), Some(ms), t0() + secs(61)),
+                fresh.clone(),
+            ],
+            vec![
+                Some(EventResult::Ignored("ignored: test".into())),
+                Some(EventResult::Ignored("ignored: test".into())),
+            ],
+            Duration::from_secs(30),
+            t0() + secs(62),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done.outcomes,
+        vec![
+            InsertOutcome::Duplicate(h1.id),
+            InsertOutcome::Inserted(fresh.id)
+        ],
+        "inline path"
+    );
+    let got = s.inbox_get(None, h1.id).await.unwrap().unwrap();
+    assert_eq!(
+        got.dedupe_key,
+        hash(1),
+        "the stored key is the spec's hex digest"
+    );
+    assert_eq!(got.event_timestamp, Some(ms));
 }
 
 /// Claims take a lease; a held event is not handed out again until the lease expires; a stale

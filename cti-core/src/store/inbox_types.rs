@@ -58,7 +58,11 @@ pub struct NewInboxEvent {
     pub id: Uuid,
     /// Tenant.
     pub app_id: AppId,
-    /// Explicit event id (`event_id`/`uuid`) or SHA-256 hex of the raw body.
+    /// Explicit event id (`id:` + `event_id`/`uuid`) or SHA-256 hex of the raw body.
+    ///
+    /// A key of 64 lowercase hex digits is taken to be such a body hash: events that share one
+    /// carry the same [`event_timestamp`](Self::event_timestamp) (the body fixes it). SQL stores
+    /// rely on that to keep their dedupe index in event-time order (cti-sqlx migration 0005).
     pub dedupe_key: String,
     /// Explicit internal type (`event_type`/`type`) or Dialpad `state`.
     pub event_type: Option<String>,

@@ -540,7 +540,7 @@ async fn insert_in(
          AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, \
          received_at, status, attempts, processed_at, last_error, ord) \
          ORDER BY u.ord \
-         ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, dedupe_at, dedupe_key) DO NOTHING RETURNING id",
     )
     .bind(&ids)
     .bind(&apps)
@@ -562,7 +562,8 @@ async fn insert_in(
 
     // Resolve the ids of rows that already existed.
     let mut resolved: HashMap<usize, Uuid> = HashMap::with_capacity(k);
-    let (mut dup_apps, mut dup_keys, mut dup_idx) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dup_apps, mut dup_keys, mut dup_stamps, mut dup_idx) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &i in &firsts {
         let e = &events[i];
         if inserted.contains(&e.id) {
@@ -570,17 +571,22 @@ async fn insert_in(
         } else {
             dup_apps.push(e.app_id.0);
             dup_keys.push(e.dedupe_key.clone());
+            dup_stamps.push(e.event_timestamp);
             dup_idx.push(i);
         }
     }
     if !dup_idx.is_empty() {
+        // `dedupe_at` (migration 0005) is 0 or the event's timestamp, whichever the key's
+        // form selects: both candidates, so the lookup stays on the unique index.
         let rows = sqlx::query(
             "SELECT w.id, w.app_id, w.dedupe_key FROM webhook_events w \
-             JOIN UNNEST($1::uuid[], $2::text[]) AS u(app_id, dedupe_key) \
-             ON w.app_id = u.app_id AND w.dedupe_key = u.dedupe_key",
+             JOIN UNNEST($1::uuid[], $2::text[], $3::int8[]) AS u(app_id, dedupe_key, ts) \
+             ON w.app_id = u.app_id AND w.dedupe_at IN (0, COALESCE(u.ts, 0)) \
+             AND w.dedupe_key = u.dedupe_key",
         )
         .bind(&dup_apps)
         .bind(&dup_keys)
+        .bind(&dup_stamps)
         .fetch_all(&mut *conn)
         .await
         .map_err(pg_err)?;

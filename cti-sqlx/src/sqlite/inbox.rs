@@ -360,7 +360,7 @@ fn insert_events(
              event_timestamp, payload, next_attempt_at, received_at, status, attempts, \
              processed_at, last_error) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
-             ON CONFLICT (app_id, dedupe_key) DO NOTHING",
+             ON CONFLICT (app_id, dedupe_at, dedupe_key) DO NOTHING",
         )
         .map_err(direct::map_err)?;
     let mut out = Vec::with_capacity(events.len());
@@ -389,10 +389,15 @@ fn insert_events(
             continue;
         }
         // The key exists (stored earlier, or earlier in this batch: the first occurrence wins).
+        // `dedupe_at` (migration 0005) is 0 or the event's timestamp, whichever the key's form
+        // selects: both candidates, so the lookup stays on the unique index.
         let id: String = tx
-            .prepare_cached("SELECT id FROM webhook_events WHERE app_id = ?1 AND dedupe_key = ?2")
+            .prepare_cached(
+                "SELECT id FROM webhook_events WHERE app_id = ?1 \
+                 AND dedupe_at IN (0, coalesce(?3, 0)) AND dedupe_key = ?2",
+            )
             .map_err(direct::map_err)?
-            .query_row(params![app, e.dedupe_key], |r| r.get(0))
+            .query_row(params![app, e.dedupe_key, e.event_timestamp], |r| r.get(0))
             .map_err(direct::map_err)?;
         out.push(InsertOutcome::Duplicate(common::uuid_from_text("id", &id)?));
     }
