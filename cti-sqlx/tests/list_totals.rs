@@ -576,14 +576,22 @@ fn migrations_before(dir: &str, below: i64) -> tempfile::TempDir {
     out
 }
 
-/// Inbox rows written before migration 0005 (`(app_id, dedupe_at, dedupe_key)`): a body-hash
-/// key with an event time, one without, an explicit id. `insert` is the backend's raw SQL for
-/// one row (`id`, `app`, `key`, `event_timestamp` or `NULL`); returns the rows' ids and keys.
-async fn old_inbox_rows(
+/// Stores inbox rows with raw SQL on a schema older than migration 0005 — a body-hash key with
+/// an event time, one without, an explicit id; `columns`/`values` add what the backend's table
+/// requires — runs `migrate`, and checks [`old_rows_still_deduplicate`]. Returns the rows
+/// (id, key, event time).
+async fn dedupe_survives_migration<F, E>(
+    s: &Arc<dyn Store>,
     raw: &Raw,
-    app: AppId,
-    insert: impl Fn(Uuid, AppId, &str, &str) -> String,
-) -> Vec<(Uuid, String, Option<i64>)> {
+    columns: &str,
+    values: &str,
+    migrate: impl FnOnce() -> F,
+) -> Vec<(Uuid, String, Option<i64>)>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Debug,
+{
+    let app = new_app(s).await;
     let rows = vec![
         (Uuid::now_v7(), "ab".repeat(32), Some(1_767_225_600_000)),
         (Uuid::now_v7(), "cd".repeat(32), None),
@@ -595,12 +603,19 @@ async fn old_inbox_rows(
     ];
     for (id, key, ts) in &rows {
         let ts = ts.map_or("NULL".to_string(), |t| t.to_string());
-        raw.exec(&insert(*id, app, key, &ts)).await;
+        raw.exec(&format!(
+            "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, event_timestamp, payload{columns})
+             VALUES ('{id}', '{app}', '{key}', 5, {ts}, '{{\"call_id\": 5}}'{values})",
+            app = app.0
+        ))
+        .await;
     }
+    migrate().await.expect("migrate to the newest version");
+    old_rows_still_deduplicate(s, app, &rows).await;
     rows
 }
 
-/// After migration 0005, redeliveries of the [`old_inbox_rows`] are duplicates of them (through
+/// After migration 0005, redeliveries of the rows of [`dedupe_survives_migration`] are duplicates of them (through
 /// the group-commit and the inline insert), new keys are stored, and the old rows are intact.
 async fn old_rows_still_deduplicate(
     s: &Arc<dyn Store>,
@@ -670,13 +685,13 @@ mod sqlite {
         }
     }
 
-    /// Rows written before migration 0003 are counted by its backfill.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn migration_backfills_counters() {
+    /// A store on a fresh database file with the migrations older than `below` applied, and a
+    /// raw pool on the same file (the directory lives as long as the returned guard).
+    async fn store_before(below: i64) -> (tempfile::TempDir, SqliteStore, Raw) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("cti.db").display());
         let store = SqliteStore::connect(&url).await.expect("connect");
-        let old = migrations_before("sqlite", 3);
+        let old = migrations_before("sqlite", below);
         let pool = sqlx::SqlitePool::connect(&url).await.expect("raw");
         sqlx::migrate::Migrator::new(old.path())
             .await
@@ -684,7 +699,13 @@ mod sqlite {
             .run(&pool)
             .await
             .expect("run old migrations");
-        let raw = Raw::Lite(pool);
+        (dir, store, Raw::Lite(pool))
+    }
+
+    /// Rows written before migration 0003 are counted by its backfill.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_backfills_counters() {
+        let (_dir, store, raw) = store_before(3).await;
         let s: Arc<dyn Store> = Arc::new(store.clone());
         let apps = vec![new_app(&s).await, new_app(&s).await];
         for (i, app) in apps.iter().enumerate() {
@@ -729,34 +750,13 @@ mod sqlite {
     /// their indexes: the pending ones are still claimed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migration_to_the_time_ordered_dedupe_index_keeps_duplicates() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("cti.db").display());
-        let store = SqliteStore::connect(&url).await.expect("connect");
-        let old = migrations_before("sqlite", 5);
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("raw");
-        sqlx::migrate::Migrator::new(old.path())
-            .await
-            .expect("old migrations")
-            .run(&pool)
-            .await
-            .expect("run old migrations");
-        let raw = Raw::Lite(pool);
+        let (_dir, store, raw) = store_before(5).await;
         let s: Arc<dyn Store> = Arc::new(store.clone());
-        let app = new_app(&s).await;
-        let rows = old_inbox_rows(&raw, app, |id, app, key, ts| {
-            format!(
-                "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, event_timestamp, payload,
-                                             next_attempt_at, received_at)
-                 VALUES ('{id}', '{app}', '{key}', 5, {ts}, '{{\"call_id\": 5}}', 0, 0)",
-                app = app.0
-            )
-        })
-        .await;
-        store
-            .migrate()
-            .await
-            .expect("migrate to the newest version");
-        old_rows_still_deduplicate(&s, app, &rows).await;
+        let rows =
+            dedupe_survives_migration(&s, &raw, ", next_attempt_at, received_at", ", 0, 0", || {
+                store.migrate()
+            })
+            .await;
         assert_eq!(
             raw.scalar("SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'")
                 .await,
@@ -955,20 +955,7 @@ mod pg {
         let store = store_before(&db, 5).await;
         let raw = Raw::Pg(store.pool().clone());
         let s: Arc<dyn Store> = Arc::new(store.clone());
-        let app = new_app(&s).await;
-        let rows = old_inbox_rows(&raw, app, |id, app, key, ts| {
-            format!(
-                "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, event_timestamp, payload)
-                 VALUES ('{id}', '{app}', '{key}', 5, {ts}, '{{\"call_id\": 5}}')",
-                app = app.0
-            )
-        })
-        .await;
-        store
-            .migrate()
-            .await
-            .expect("migrate to the newest version");
-        old_rows_still_deduplicate(&s, app, &rows).await;
+        dedupe_survives_migration(&s, &raw, "", "", || store.migrate()).await;
     }
 
     /// The original server's schema (spec §7.1), shared with `pg_import.rs`.
