@@ -171,7 +171,8 @@ pub trait AppStore: Send + Sync {
 pub trait InboxStore: Send + Sync {
     /// Inserts events if absent on `(app_id, dedupe_key)`, all in one transaction (group
     /// commit). Outcomes are in input order; a key repeated inside the batch is a duplicate of
-    /// its first occurrence.
+    /// its first occurrence. A store may rely on a body-hash key implying its event time (see
+    /// [`NewInboxEvent::dedupe_key`]).
     async fn inbox_insert(&self, events: Vec<NewInboxEvent>) -> StoreResult<Vec<InsertOutcome>>;
 
     /// [`InboxStore::inbox_insert`] that may also process the new events in the same
