@@ -1,8 +1,8 @@
 //! Storage traits, the in-memory implementation and the shared conformance suite.
 //!
-//! Every backend (memory, SQLite, PostgreSQL) implements the same traits and must pass
-//! [`conformance`] (feature `testing`). Stores only do I/O and locking: the decisions — how an
-//! event changes a call, which realtime messages it produces — are pure functions in
+//! Every backend (memory, SQLite, PostgreSQL) implements the same traits and must pass the
+//! `conformance` module (feature `testing`). Stores only do I/O and locking: the decisions —
+//! how an event changes a call, which realtime messages it produces — are pure functions in
 //! [`crate::normalize`] that every store calls inside its transaction ([`apply_event`]).
 
 mod inbox_types;
