@@ -62,7 +62,9 @@ pub struct NewInboxEvent {
     ///
     /// A key of 64 lowercase hex digits is taken to be such a body hash: events that share one
     /// carry the same [`event_timestamp`](Self::event_timestamp) (the body fixes it). SQL stores
-    /// rely on that to keep their dedupe index in event-time order (cti-sqlx migration 0005).
+    /// rely on that to keep their dedupe index in event-time order (cti-sqlx migration 0005):
+    /// a caller that reused such a key with another event time would have both events stored.
+    /// Any other key deduplicates whatever the event times.
     pub dedupe_key: String,
     /// Explicit internal type (`event_type`/`type`) or Dialpad `state`.
     pub event_type: Option<String>,
