@@ -615,8 +615,9 @@ where
     rows
 }
 
-/// After migration 0005, redeliveries of the rows of [`dedupe_survives_migration`] are duplicates of them (through
-/// the group-commit and the inline insert), new keys are stored, and the old rows are intact.
+/// After migration 0005, redeliveries of the rows of [`dedupe_survives_migration`] are
+/// duplicates of them (through the group-commit and the inline insert), new keys are stored,
+/// and the old rows are intact.
 async fn old_rows_still_deduplicate(
     s: &Arc<dyn Store>,
     app: AppId,

@@ -28,8 +28,9 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@cases $make;
             apps_and_keys, concurrent_key_rotation, legacy_key_backfill, tenant_isolation,
-            inbox_dedupe_per_tenant, inbox_dedupe_of_body_hashes, claim_lease_and_expiry, retry_backoff_dead_letter_redrive,
-            per_call_ordering, concurrent_claims_are_exclusive, complete_applies_and_publishes,
+            inbox_dedupe_per_tenant, inbox_dedupe_of_body_hashes, claim_lease_and_expiry,
+            retry_backoff_dead_letter_redrive, per_call_ordering, concurrent_claims_are_exclusive,
+            complete_applies_and_publishes,
             complete_batch, insert_processed,
             call_pagination_and_filters, message_and_voicemail_queries, mappings,
             dialpad_connections_webhooks_subscriptions, purge_and_retention);

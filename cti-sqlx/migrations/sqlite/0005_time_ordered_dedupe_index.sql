@@ -10,11 +10,12 @@
 -- (explicit `id:` keys and any other key). A body hash fixes the body, and the body fixes its
 -- `event_timestamp`, so two events with the same hash key always have the same `dedupe_at`:
 -- the new constraint rejects exactly the pairs the old one did. New events arrive with recent
--- timestamps, so their entries go to the right edge of the index, a few leaves per commit.
+-- timestamps, so their entries go to the last seconds' leaves at the index's right edge, which
+-- stay hot and are shared by the commit's events, instead of anywhere in the index.
 --
 -- SQLite cannot drop a table's UNIQUE constraint, so the table is rebuilt: this migration
--- rewrites `webhook_events` once (about 45 s per million 2 kB events on a 2-core machine). `dedupe_at` is a virtual
--- generated column: computed from the row, stored only in the index.
+-- rewrites `webhook_events` once (about 45 s per million 2 kB events on a 2-core machine).
+-- `dedupe_at` is a virtual generated column: computed from the row, stored only in the index.
 CREATE TABLE webhook_events_new (
     -- insertion order (rowid alias): "oldest first" among equal received_at
     seq             INTEGER PRIMARY KEY,
