@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cti_loadgen::load::Rate;
-use cti_loadgen::payload::{AuthPath, Mix};
+use cti_loadgen::payload::{AuthPath, EventTime, Mix};
 use cti_loadgen::{Target, api, calibrate, control, webhook, ws};
 
 /// The same allocator as `cti-server`, so the client costs as little CPU as it can.
@@ -98,6 +98,10 @@ enum Command {
         /// Call shapes.
         #[arg(long, value_enum, default_value = "lifecycles")]
         mix: Mix,
+        /// Where each event's `event_timestamp` comes from: the send order, as live traffic's
+        /// (default), or the fixtures' real offsets from the call's start.
+        #[arg(long, value_enum, default_value = "send-order")]
+        event_time: EventTime,
         /// Fraction of requests that repeat an earlier request byte for byte (0..1).
         #[arg(long, default_value_t = 0.0)]
         duplicates: f64,
@@ -236,6 +240,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             load,
             auth,
             mix,
+            event_time,
             duplicates,
             presign_mib,
             warmup,
@@ -248,6 +253,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 target,
                 auth,
                 mix,
+                event_time,
                 rate: load.rate,
                 connections: load.connections,
                 duration: secs(load.duration),

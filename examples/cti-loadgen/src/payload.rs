@@ -41,6 +41,27 @@ pub enum AuthPath {
     ApiKey,
 }
 
+/// Where the `event_timestamp` of a rendered event comes from.
+///
+/// Dialpad stamps an event with the moment it happens and sends it then, so the events a
+/// server receives in one second carry timestamps from about that second, whatever calls
+/// they belong to. The load generator sends a call's events one after another, so it cannot
+/// both keep the fixtures' real offsets (a lifecycle spans up to six minutes) and keep the
+/// timestamps in send order; the `date_*` fields keep the real offsets either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventTime {
+    /// `event_timestamp` follows the send order, as live traffic's does: the call's first
+    /// request number (in ms after the run's start) plus the event's rank by fixture time in
+    /// its lifecycle. A lifecycle's deliberately late event keeps its earlier timestamp.
+    #[default]
+    SendOrder,
+    /// `event_timestamp` is the call's base time (1 ms per call) plus the fixture's real
+    /// offset: consecutive requests carry timestamps up to six minutes apart (the model of
+    /// the figures recorded before 2026-12; pessimistic for time-ordered indexes).
+    CallOffsets,
+}
+
 /// A hole in a template.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hole {
@@ -48,6 +69,9 @@ enum Hole {
     CallId,
     /// A time in ms: the call's base time plus this offset.
     Time(i64),
+    /// `event_timestamp`: the call's base time plus this offset, or the send-order time
+    /// (see [`EventTime`]).
+    EventTime(i64),
     /// The JWT `iat` claim (seconds).
     Iat,
 }
@@ -64,6 +88,8 @@ pub struct Template {
     pub state: String,
     segments: Vec<String>,
     holes: Vec<Hole>,
+    /// Rank of the event by fixture `event_timestamp` within its lifecycle (0 = earliest).
+    rank: u64,
 }
 
 impl Template {
@@ -83,7 +109,11 @@ impl Template {
         for (k, val) in obj.iter_mut() {
             if k == "call_id" {
                 *val = Value::from("@@lg:C@@");
-            } else if (k == "event_timestamp" || k.starts_with("date_"))
+            } else if k == "event_timestamp"
+                && let Some(t) = val.as_i64()
+            {
+                *val = Value::from(format!("@@lg:E{}@@", t - base_ms));
+            } else if k.starts_with("date_")
                 && let Some(t) = val.as_i64()
             {
                 *val = Value::from(format!("@@lg:T{}@@", t - base_ms));
@@ -106,11 +136,16 @@ impl Template {
             holes.push(match tag {
                 "C" => Hole::CallId,
                 "I" => Hole::Iat,
-                t => Hole::Time(
-                    t.strip_prefix('T')
-                        .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| Error::new(format!("bad template mark {t:?}")))?,
-                ),
+                t => {
+                    let bad = || Error::new(format!("bad template mark {t:?}"));
+                    let (kind, n) = t.split_at_checked(1).ok_or_else(bad)?;
+                    let off: i64 = n.parse().map_err(|_| bad())?;
+                    match kind {
+                        "T" => Hole::Time(off),
+                        "E" => Hole::EventTime(off),
+                        _ => return Err(bad()),
+                    }
+                }
             });
             rest = &after[end + MARK_END.len()..];
         }
@@ -123,17 +158,37 @@ impl Template {
             state,
             segments,
             holes,
+            rank: 0,
         })
     }
 
-    /// Appends the event JSON with these values to `out`.
-    pub fn render(&self, call_id: u64, base_ms: i64, iat: i64, out: &mut Vec<u8>) {
+    /// The fixture offset of the event's `event_timestamp` (None without one).
+    fn event_offset(&self) -> Option<i64> {
+        self.holes.iter().find_map(|h| match h {
+            Hole::EventTime(off) => Some(*off),
+            _ => None,
+        })
+    }
+
+    /// Appends the event JSON with these values to `out`: times are `base_ms` plus the
+    /// fixture offset, except `event_timestamp`, which is `event_ms` when given.
+    pub fn render(
+        &self,
+        call_id: u64,
+        base_ms: i64,
+        event_ms: Option<i64>,
+        iat: i64,
+        out: &mut Vec<u8>,
+    ) {
         use std::io::Write;
         for (i, seg) in self.segments.iter().enumerate() {
             out.extend_from_slice(seg.as_bytes());
             let _ = match self.holes.get(i) {
                 Some(Hole::CallId) => write!(out, "{call_id}"),
                 Some(Hole::Time(off)) => write!(out, "{}", base_ms + off),
+                Some(Hole::EventTime(off)) => {
+                    write!(out, "{}", event_ms.unwrap_or(base_ms + off))
+                }
                 Some(Hole::Iat) => write!(out, "{iat}"),
                 None => Ok(()),
             };
@@ -190,11 +245,12 @@ pub fn call_shapes(mix: Mix, iat: bool) -> Result<Vec<CallShape>> {
                     .map(|f| fixture_text(f))
                     .collect::<Result<Vec<_>>>()?;
                 let base = first_event_time(&texts);
-                let events = files
+                let mut events = files
                     .iter()
                     .zip(&texts)
                     .map(|(f, t)| Template::from_fixture(f, t, base, iat))
                     .collect::<Result<Vec<_>>>()?;
+                rank_by_event_time(&mut events);
                 if !events.is_empty() {
                     out.push(CallShape {
                         name: name.to_string(),
@@ -204,6 +260,16 @@ pub fn call_shapes(mix: Mix, iat: bool) -> Result<Vec<CallShape>> {
             }
             Ok(out)
         }
+    }
+}
+
+/// Sets each template's rank by fixture `event_timestamp` (ties and events without one keep
+/// their lifecycle order).
+fn rank_by_event_time(events: &mut [Template]) {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| (events[i].event_offset().unwrap_or(i64::MAX), i));
+    for (rank, i) in order.into_iter().enumerate() {
+        events[i].rank = rank as u64;
     }
 }
 
@@ -276,6 +342,8 @@ pub struct Plan {
     pub iat: i64,
     /// Fraction of requests that repeat an earlier request (0 ≤ d < 1).
     pub duplicates: f64,
+    /// Where `event_timestamp` comes from.
+    pub event_time: EventTime,
     /// Prefix sums of the shapes' event counts (len = shapes + 1).
     offsets: Vec<u64>,
 }
@@ -301,8 +369,15 @@ impl Plan {
             start_ms,
             iat: start_ms / 1000,
             duplicates: duplicates.clamp(0.0, 0.99),
+            event_time: EventTime::default(),
             offsets,
         })
+    }
+
+    /// The same plan with `event_timestamp` from `model`.
+    pub fn with_event_time(mut self, model: EventTime) -> Self {
+        self.event_time = model;
+        self
     }
 
     /// Events in one round (one call of every shape).
@@ -362,10 +437,15 @@ impl Plan {
         }
         let (call_no, shape, event) = self.original(j);
         let template = &self.shapes[shape].events[event];
+        // Send order: the call's first request number plus the event's rank (< the call's
+        // event count), so timestamps rise with the request number across calls.
+        let event_ms = (self.event_time == EventTime::SendOrder)
+            .then(|| self.start_ms + (j - event as u64 + template.rank) as i64);
         let mut json = Vec::with_capacity(4096);
         template.render(
             self.call_id_base + call_no,
             self.start_ms + call_no as i64,
+            event_ms,
             self.iat,
             &mut json,
         );
@@ -402,6 +482,7 @@ mod tests {
                 t.render(
                     1_234_567_890_123_456,
                     1_800_000_000_000,
+                    None,
                     1_800_000_000,
                     &mut out,
                 );
@@ -418,6 +499,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `(call number, event_timestamp)` of request `i`.
+    fn call_and_time(plan: &Plan, i: u64) -> (u64, i64) {
+        let w = plan.render(i);
+        let v: Value = serde_json::from_slice(&w.body).unwrap_or(Value::Null);
+        (w.call_no, v["event_timestamp"].as_i64().unwrap_or(i64::MIN))
+    }
+
+    #[test]
+    fn send_order_timestamps_rise_with_the_request_and_keep_each_call_s_order() {
+        let plan = Plan::new(Mix::Lifecycles, AuthPath::ApiKey, b"W", 0.0);
+        let Ok(plan) = plan else { panic!("plan") };
+        let calls = plan.clone().with_event_time(EventTime::CallOffsets);
+        let n = 3 * plan.round_len();
+        let mut late = 0;
+        for i in 1..n {
+            let ((c0, t0), (c1, t1)) = (call_and_time(&plan, i - 1), call_and_time(&plan, i));
+            if c0 != c1 {
+                // A new call starts after every timestamp of the previous one.
+                assert!(t1 > t0, "request {i}: {t1} after {t0}");
+                continue;
+            }
+            // Within a call, both models order the events alike (the late event included).
+            let (_, o0) = call_and_time(&calls, i - 1);
+            let (_, o1) = call_and_time(&calls, i);
+            assert_eq!(t1 > t0, o1 > o0, "request {i}");
+            late += usize::from(t1 < t0);
+        }
+        // The fixture lifecycle with a late `connected` event, once per round.
+        assert_eq!(late, 3);
+        // Send order keeps a run's timestamps within its request count of the start.
+        let (_, last) = call_and_time(&plan, n - 1);
+        assert!((plan.start_ms..plan.start_ms + n as i64).contains(&last));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::control::{self, Gauges, ResourceProbe, Resources};
 use crate::http::{Endpoint, Req, Resp};
 use crate::load::{self, LoadOptions, LoadReport, Rate, RequestSource};
-use crate::payload::{AuthPath, Mix, Plan, SignedWebhook};
+use crate::payload::{AuthPath, EventTime, Mix, Plan, SignedWebhook};
 use crate::{Error, Result, Target};
 
 /// Rate assumed for sizing a flat-out run when `requests` is not given (requests planned =
@@ -30,6 +30,8 @@ pub struct WebhookOptions {
     pub auth: AuthPath,
     /// Call shapes.
     pub mix: Mix,
+    /// Where each event's `event_timestamp` comes from.
+    pub event_time: EventTime,
     /// Fixed rate or max.
     pub rate: Rate,
     /// Connections (max: workers; fixed: cap in flight).
@@ -66,6 +68,7 @@ impl WebhookOptions {
             target,
             auth: AuthPath::Jwt,
             mix: Mix::Lifecycles,
+            event_time: EventTime::SendOrder,
             rate: Rate::Fixed(200.0),
             connections: 64,
             duration: Duration::from_secs(5),
@@ -131,6 +134,8 @@ pub struct SourceSpec {
     pub auth: AuthPath,
     /// Call shapes.
     pub mix: Mix,
+    /// Where each event's `event_timestamp` comes from.
+    pub event_time: EventTime,
     /// Fraction of duplicate requests.
     pub duplicates: f64,
     /// Requests to plan.
@@ -171,12 +176,14 @@ impl WebhookSource {
         let SourceSpec {
             auth,
             mix,
+            event_time,
             duplicates,
             requests: n,
             presign_mib,
             record_send_times,
         } = *spec;
-        let plan = Plan::new(mix, auth, target.webhook_secret.as_bytes(), duplicates)?;
+        let plan = Plan::new(mix, auth, target.webhook_secret.as_bytes(), duplicates)?
+            .with_event_time(event_time);
         let path = match auth {
             AuthPath::Jwt => format!("/webhooks/dialpad/{}", target.app_id),
             AuthPath::ApiKey => "/webhooks/dialpad".to_string(),
@@ -389,6 +396,8 @@ pub struct WebhookReport {
     pub auth: AuthPath,
     /// Call shapes.
     pub mix: Mix,
+    /// Where each event's `event_timestamp` came from.
+    pub event_time: EventTime,
     /// Payload preparation.
     pub preparation: Preparation,
     /// `200 {"duplicate":true}` answers.
@@ -514,6 +523,7 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
     let spec = SourceSpec {
         auth: opts.auth,
         mix: opts.mix,
+        event_time: opts.event_time,
         duplicates: opts.duplicates,
         requests: n,
         presign_mib: opts.presign_mib,
@@ -570,6 +580,7 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
     Ok(WebhookReport {
         auth: opts.auth,
         mix: opts.mix,
+        event_time: opts.event_time,
         duplicate_acks: source.duplicate_acks(),
         accepted_calls: source.accepted_calls(),
         preparation,
@@ -586,8 +597,8 @@ impl std::fmt::Display for WebhookReport {
         let p = &self.preparation;
         writeln!(
             f,
-            "webhooks ({:?} path, {:?} mix): {} requests planned for {} calls, mean body {} B",
-            self.auth, self.mix, p.requests, p.calls, p.mean_body_bytes
+            "webhooks ({:?} path, {:?} mix, {:?} event times): {} requests planned for {} calls, mean body {} B",
+            self.auth, self.mix, self.event_time, p.requests, p.calls, p.mean_body_bytes
         )?;
         writeln!(
             f,

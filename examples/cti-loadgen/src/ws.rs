@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::control::{self, ResourceProbe, Resources};
 use crate::http::Endpoint;
 use crate::load::{self, LoadOptions, LoadReport, Rate};
-use crate::payload::{AuthPath, Mix};
+use crate::payload::{AuthPath, EventTime, Mix};
 use crate::stats::{self, LatencySummary};
 use crate::webhook::{Preparation, SourceSpec, WebhookSource};
 use crate::{Error, Result, Target};
@@ -453,6 +453,7 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
     let spec = SourceSpec {
         auth: opts.auth,
         mix: Mix::Ringing,
+        event_time: EventTime::SendOrder,
         duplicates: 0.0,
         requests: n,
         presign_mib: 1024,
