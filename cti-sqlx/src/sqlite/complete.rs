@@ -17,7 +17,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use uuid::Uuid;
 
-use super::direct::map_err;
+use super::direct::{map_err, prepare};
 use super::rows::{self, CALL_COLS, MESSAGE_COLS, VOICEMAIL_COLS, ts};
 use crate::batch::{self, Item, Key, Loaded, Plan};
 use crate::common;
@@ -136,33 +136,35 @@ fn finish(
     now: Timestamp,
 ) -> StoreResult<HashMap<Uuid, AppId>> {
     let mut held = HashMap::with_capacity(items.len());
-    let mut stmt = tx
-        .prepare_cached(
-            "UPDATE webhook_events SET status = ?3, last_error = COALESCE(?4, last_error), \
+    // No `RETURNING`: SQLite buffers its rows in a temporary b-tree per execution. The row
+    // was just written, so reading its app back is a lookup in a cached page.
+    let mut update = prepare(
+        tx,
+        "UPDATE webhook_events SET status = ?3, last_error = COALESCE(?4, last_error), \
              processed_at = ?5, locked_until = NULL \
-             WHERE id = ?1 AND status = 'processing' AND attempts = ?2 RETURNING app_id",
-        )
-        .map_err(map_err)?;
+             WHERE id = ?1 AND status = 'processing' AND attempts = ?2",
+    )?;
+    let mut app_of = prepare(tx, "SELECT app_id FROM webhook_events WHERE id = ?1")?;
     let now_us = ts(&now);
     for c in items {
         let (status, reason) = match &c.result {
             EventResult::Apply(_) => (EventStatus::Done, None),
             EventResult::Ignored(r) => (EventStatus::Ignored, Some(r.as_str())),
         };
-        let app: Option<String> = stmt
-            .query_row(
-                params![
-                    c.event_id.to_string(),
-                    i64::from(c.attempt),
-                    status.as_str(),
-                    reason,
-                    now_us
-                ],
-                |r| r.get(0),
-            )
-            .optional()
+        let id = c.event_id.to_string();
+        let changed = update
+            .execute(params![
+                id,
+                i64::from(c.attempt),
+                status.as_str(),
+                reason,
+                now_us
+            ])
             .map_err(map_err)?;
-        if let Some(app) = app {
+        if changed == 1 {
+            let app: String = app_of
+                .query_row(params![id], |r| r.get(0))
+                .map_err(map_err)?;
             held.insert(c.event_id, AppId(common::uuid_from_text("app_id", &app)?));
         }
     }
@@ -190,9 +192,7 @@ fn load(tx: &Connection, items: &[Item<'_>]) -> StoreResult<Loaded> {
         let crm = read_user(tx, user)?;
         loaded.crm_users.insert(user, crm);
     }
-    let mut stmt = tx
-        .prepare_cached("SELECT last_event_seq FROM apps WHERE id = ?1")
-        .map_err(map_err)?;
+    let mut stmt = prepare(tx, "SELECT last_event_seq FROM apps WHERE id = ?1")?;
     for app in &keys.apps {
         let seq: Option<i64> = stmt
             .query_row(params![app.0.to_string()], |r| r.get(0))
@@ -212,7 +212,7 @@ fn by_key<T>(
     keys: &[Key],
     decode: impl Fn(&rusqlite::Row<'_>) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
-    let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
+    let mut stmt = prepare(tx, sql)?;
     let mut out = Vec::with_capacity(keys.len());
     for (app, id) in keys {
         let mut rows = stmt
@@ -227,10 +227,10 @@ fn by_key<T>(
 
 /// The CRM user mapped to a Dialpad user (`None`: no mapping).
 fn read_user(tx: &Connection, (app, user): Key) -> StoreResult<Option<String>> {
-    tx.prepare_cached(
+    prepare(
+        tx,
         "SELECT crm_user_id FROM dialpad_user_mappings WHERE app_id = ?1 AND dialpad_user_id = ?2",
-    )
-    .map_err(map_err)?
+    )?
     .query_row(params![app.0.to_string(), user.as_i64()], |r| r.get(0))
     .optional()
     .map_err(map_err)
@@ -336,8 +336,7 @@ fn update_call(tx: &Connection, old: &Call, new: &Call) -> StoreResult<()> {
         (listed, listed_moved),
     ] {
         if run {
-            tx.prepare_cached(sql)
-                .map_err(map_err)?
+            prepare(tx, sql)?
                 .execute(params_from_iter(positions.iter().map(|&i| &values[i])))
                 .map_err(map_err)?;
         }
@@ -347,7 +346,7 @@ fn update_call(tx: &Connection, old: &Call, new: &Call) -> StoreResult<()> {
 
 /// Step 4: writes the changed records, the new sequence heads and the outbox.
 fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> StoreResult<()> {
-    let mut stmt = tx.prepare_cached(&UPSERT_CALL).map_err(map_err)?;
+    let mut stmt = prepare(tx, &UPSERT_CALL)?;
     for c in &plan.calls {
         if let Some(old) = loaded.calls.get(&(c.app_id, c.dialpad_call_id)) {
             update_call(tx, old, c)?;
@@ -356,7 +355,7 @@ fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> Store
         stmt.execute(params_from_iter(call_values(c)?))
             .map_err(map_err)?;
     }
-    let mut stmt = tx.prepare_cached(&UPSERT_VOICEMAIL).map_err(map_err)?;
+    let mut stmt = prepare(tx, &UPSERT_VOICEMAIL)?;
     for v in &plan.voicemails {
         stmt.execute(params![
             v.id.to_string(),
@@ -373,7 +372,7 @@ fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> Store
         ])
         .map_err(map_err)?;
     }
-    let mut stmt = tx.prepare_cached(&UPSERT_MESSAGE).map_err(map_err)?;
+    let mut stmt = prepare(tx, &UPSERT_MESSAGE)?;
     for m in &plan.messages {
         let to_numbers = common::to_numbers_to_json(&m.to_numbers)?;
         stmt.execute(params![
@@ -394,20 +393,17 @@ fn write(tx: &Connection, plan: &Plan, loaded: &Loaded, now: Timestamp) -> Store
         .map_err(map_err)?;
     }
     // The single writer holds the database lock: nobody else moves the apps' sequences.
-    let mut stmt = tx
-        .prepare_cached("UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")
-        .map_err(map_err)?;
+    let mut stmt = prepare(tx, "UPDATE apps SET last_event_seq = ?1 WHERE id = ?2")?;
     for (app, seq) in &plan.seqs {
         stmt.execute(params![*seq, app.0.to_string()])
             .map_err(map_err)?;
     }
     let now_us = ts(&now);
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) \
+    let mut stmt = prepare(
+        tx,
+        "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(map_err)?;
+    )?;
     for (app, seq, m) in &plan.outbox {
         stmt.execute(params![
             app.0.to_string(),

@@ -65,16 +65,7 @@ impl Writer {
     pub(crate) fn open(conn: SqliteConnection, o: &DirectOptions<'_>) -> StoreResult<Self> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let direct = Connection::open_with_flags(o.path, flags).map_err(map_err)?;
-        direct.busy_timeout(o.busy_timeout).map_err(map_err)?;
-        direct
-            .execute_batch(&format!(
-                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA temp_store = MEMORY; PRAGMA cache_size = {}; \
-                 PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {};",
-                o.cache_size, o.wal_autocheckpoint, o.journal_size_limit
-            ))
-            .map_err(map_err)?;
-        direct.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        configure(&direct, o)?;
         Ok(Self {
             direct: Direct::Own(direct),
             conn,
@@ -121,6 +112,33 @@ impl Writer {
     }
 }
 
+/// Sets up the direct connection of a file database: the writer's durability, cache and
+/// checkpoint settings, and no evaluation of `CHECK` constraints.
+///
+/// SQLite codes a `CHECK (status IN (…))` of three or more values as a temporary b-tree of
+/// the values, built afresh for every row written: the inbox's and the calls' status checks
+/// cost the single writer about 5 % of its CPU per event (docs/performance.md, 2026-12-01).
+/// Every value this connection writes comes from a Rust type (`EventStatus::as_str`,
+/// `CallStatus::as_str`, …), so the checks cannot fail here; the test
+/// `sqlite::writes_of_the_direct_connection_pass_the_check_constraints` checks the rows it
+/// wrote with `PRAGMA integrity_check`, which verifies the `CHECK` constraints. The checks stay
+/// in force on every other connection (the sqlx writer, imports, anyone's own SQL) and
+/// in-memory databases keep them.
+pub(crate) fn configure(direct: &Connection, o: &DirectOptions<'_>) -> StoreResult<()> {
+    direct.busy_timeout(o.busy_timeout).map_err(map_err)?;
+    direct
+        .execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = {}; \
+             PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {}; \
+             PRAGMA ignore_check_constraints = ON;",
+            o.cache_size, o.wal_autocheckpoint, o.journal_size_limit
+        ))
+        .map_err(map_err)?;
+    direct.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
 /// [`Writer::transaction`] on `direct`, inside `block_in_place` on a multi-threaded runtime
 /// (the runtime hands this worker's other tasks to another thread meanwhile).
 fn run<T>(
@@ -139,6 +157,36 @@ fn run<T>(
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
         _ => run(),
     }
+}
+
+/// The cached prepared statement of `sql` on the writer's direct connection `tx`. Every
+/// direct statement goes through here; in this crate's tests the texts are recorded, so a
+/// test can examine every statement the writer ran (`recorded_statements`).
+pub(crate) fn prepare<'c>(
+    tx: &'c Connection,
+    sql: &str,
+) -> StoreResult<rusqlite::CachedStatement<'c>> {
+    #[cfg(test)]
+    record(sql);
+    tx.prepare_cached(sql).map_err(map_err)
+}
+
+#[cfg(test)]
+static RECORDED: std::sync::Mutex<Option<std::collections::BTreeSet<String>>> =
+    std::sync::Mutex::new(None);
+
+#[cfg(test)]
+fn record(sql: &str) {
+    let mut set = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+    set.get_or_insert_with(Default::default)
+        .insert(sql.to_string());
+}
+
+/// Every statement text [`prepare`] saw in this test process.
+#[cfg(test)]
+pub(crate) fn recorded_statements() -> Vec<String> {
+    let set = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+    set.iter().flatten().cloned().collect()
 }
 
 /// Maps a rusqlite error like [`common::map_err`] maps sqlx's: "cannot write now" codes →

@@ -22,6 +22,14 @@ use crate::batch::{self, inline::Born};
 use crate::common::{self, map_err};
 use sqlx::Connection;
 
+/// The predicate of the partial indexes of unfinished events (`webhook_events_unfinished`,
+/// `webhook_events_call_unfinished`), for the row aliased `t` (`""` or `"w."`). A query uses
+/// those indexes only with this exact term (migration 0006: an `IN` list of three constants
+/// would cost a temporary b-tree per inserted row).
+pub(crate) fn unfinished(t: &str) -> String {
+    format!("({t}status = 'pending' OR {t}status = 'failed' OR {t}status = 'processing')")
+}
+
 /// "Due" condition, at `?1` (= now), of the row aliased `t`.
 fn due(t: &str) -> String {
     format!(
@@ -87,12 +95,11 @@ impl InboxStore for SqliteStore {
             let mut failed = Vec::new();
             let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
             // The processor retries these (attempt 1 is spent, as after a failed claim).
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
+            let mut stmt = direct::prepare(
+                tx,
+                "UPDATE webhook_events SET status = 'failed', last_error = ?1, \
                      next_attempt_at = ?2, processed_at = NULL, locked_until = NULL WHERE id = ?3",
-                )
-                .map_err(direct::map_err)?;
+            )?;
             for (id, error) in failed {
                 stmt.execute(params![error, now_us, id.to_string()])
                     .map_err(direct::map_err)?;
@@ -265,13 +272,14 @@ impl InboxStore for SqliteStore {
     /// Reads the partial index of unfinished events and the `dead` range of the status index:
     /// a scrape costs what is waiting, not the retained history.
     async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
-        self.counts(
+        self.counts(&format!(
             "SELECT status, COUNT(*) AS n FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE status IN ('pending', 'failed', 'processing') GROUP BY status
+             WHERE {} GROUP BY status
              UNION ALL
              SELECT 'dead', COUNT(*) FROM webhook_events INDEXED BY webhook_events_status_next
              WHERE status = 'dead'",
-        )
+            unfinished("")
+        ))
         .await
         .map(InboxBacklog::from)
     }
@@ -354,15 +362,14 @@ fn insert_events(
     events: &[NewInboxEvent],
     pending: Pending<'_>,
 ) -> StoreResult<Vec<InsertOutcome>> {
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
+    let mut insert = direct::prepare(
+        tx,
+        "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
              event_timestamp, payload, next_attempt_at, received_at, status, attempts, \
              processed_at, last_error) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
              ON CONFLICT (app_id, dedupe_at, dedupe_key) DO NOTHING",
-        )
-        .map_err(direct::map_err)?;
+    )?;
     let mut out = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
         let born = pending.born(i);
@@ -391,14 +398,13 @@ fn insert_events(
         // The key exists (stored earlier, or earlier in this batch: the first occurrence wins).
         // `dedupe_at` (migration 0005) is 0 or the event's timestamp, whichever the key's form
         // selects: both candidates, so the lookup stays on the unique index.
-        let id: String = tx
-            .prepare_cached(
-                "SELECT id FROM webhook_events WHERE app_id = ?1 \
+        let id: String = direct::prepare(
+            tx,
+            "SELECT id FROM webhook_events WHERE app_id = ?1 \
                  AND dedupe_at IN (0, coalesce(?3, 0)) AND dedupe_key = ?2",
-            )
-            .map_err(direct::map_err)?
-            .query_row(params![app, e.dedupe_key, e.event_timestamp], |r| r.get(0))
-            .map_err(direct::map_err)?;
+        )?
+        .query_row(params![app, e.dedupe_key, e.event_timestamp], |r| r.get(0))
+        .map_err(direct::map_err)?;
         out.push(InsertOutcome::Duplicate(common::uuid_from_text("id", &id)?));
     }
     Ok(out)
@@ -437,13 +443,14 @@ fn calls_with_unfinished(
         .iter()
         .filter_map(|e| e.call_id.map(|c| (e.app_id, c)))
         .collect();
-    let mut stmt = tx
-        .prepare_cached(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "SELECT EXISTS (SELECT 1 FROM webhook_events INDEXED BY webhook_events_call_unfinished \
-             WHERE app_id = ?1 AND call_id = ?2 \
-               AND status IN ('pending', 'failed', 'processing'))",
+             WHERE app_id = ?1 AND call_id = ?2 AND {})",
+            unfinished("")
         )
-        .map_err(direct::map_err)?;
+    });
+    let mut stmt = direct::prepare(tx, &SQL)?;
     let mut out = std::collections::HashSet::new();
     for (app, call) in keys {
         let unfinished: bool = stmt
@@ -459,9 +466,11 @@ fn calls_with_unfinished(
 /// The claim scan query (see [`select_claimable`]): `?1` now, `?2`/`?3` the cursor
 /// `(received_at, seq)`, `?4` the chunk size.
 static SCAN_SQL: LazyLock<String> = LazyLock::new(|| {
-    const UNFINISHED: &str = "('pending', 'failed', 'processing')";
     let same_call = |t: &str| {
-        format!("{t}.app_id = w.app_id AND {t}.call_id = w.call_id AND {t}.status IN {UNFINISHED}")
+        format!(
+            "{t}.app_id = w.app_id AND {t}.call_id = w.call_id AND {}",
+            unfinished(&format!("{t}."))
+        )
     };
     let pick = |col: &str| {
         format!(
@@ -483,7 +492,7 @@ static SCAN_SQL: LazyLock<String> = LazyLock::new(|| {
                 {pick_seq} AS pick_seq,
                 {pick_received} AS pick_received
            FROM webhook_events w INDEXED BY webhook_events_unfinished
-          WHERE w.status IN {UNFINISHED}
+          WHERE {unfinished_w}
             AND (w.received_at > ?2 OR (w.received_at = ?2 AND w.seq > ?3))
             AND {due_w}
             AND (w.call_id IS NULL OR NOT EXISTS (
@@ -496,6 +505,7 @@ static SCAN_SQL: LazyLock<String> = LazyLock::new(|| {
           LIMIT ?4",
         same_b = same_call("b"),
         same_p = same_call("p"),
+        unfinished_w = unfinished("w."),
         due_w = due("w"),
         due_p = due("p"),
         pick_seq = pick("seq"),
@@ -570,10 +580,11 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
-        let oldest: Option<i64> = sqlx::query_scalar(
+        let oldest: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE status IN ('pending', 'failed', 'processing')",
-        )
+             WHERE {}",
+            unfinished("")
+        ))
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;

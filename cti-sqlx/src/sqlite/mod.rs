@@ -36,6 +36,8 @@ mod direct;
 mod inbox;
 mod records;
 mod rows;
+#[cfg(test)]
+mod statement_tests;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
