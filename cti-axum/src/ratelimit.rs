@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use parking_lot::Mutex;
 
-use crate::{AppState, RateLimits};
+use crate::{AppState, RateLimits, Shared};
 
 /// Entries above which a map is pruned even before a full window has elapsed.
 const PRUNE_THRESHOLD: usize = 4096;
@@ -290,22 +290,22 @@ pub async fn enforce(state: &AppState, bucket: Bucket, req: Request, next: Next)
 }
 
 /// Middleware of the webhook bucket.
-pub async fn webhook_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn webhook_limit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     enforce(&state, Bucket::Webhook, req, next).await
 }
 
 /// Middleware of the API bucket.
-pub async fn api_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn api_limit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     enforce(&state, Bucket::Api, req, next).await
 }
 
 /// Middleware of the internal bucket (mount outside the bearer check).
-pub async fn internal_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn internal_limit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     enforce(&state, Bucket::Internal, req, next).await
 }
 
 /// Middleware of the OAuth bucket (for `/auth/dialpad/*`).
-pub async fn auth_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn auth_limit(State(state): State<Shared>, req: Request, next: Next) -> Response {
     enforce(&state, Bucket::Auth, req, next).await
 }
 

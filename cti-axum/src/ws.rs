@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::AppState;
+use crate::Shared;
 
 /// Read buffer of a socket. Inbound traffic is tiny (pongs, optional JSON pings) and this
 /// buffer is allocated — and zero-filled on the first read — for every socket, so it is kept
@@ -71,7 +71,8 @@ pub const CLOSE_LAGGED: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Routes: exactly `GET /ws`.
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: impl Into<Shared>) -> Router {
+    let state: Shared = state.into();
     Router::new().route("/ws", get(upgrade)).with_state(state)
 }
 
@@ -95,7 +96,7 @@ enum Start {
 }
 
 async fn upgrade(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,

@@ -132,7 +132,7 @@ pub(crate) fn user_filter(p: &Params) -> Option<DialpadId> {
 }
 
 async fn calls(
-    st: crate::AppState,
+    st: crate::Shared,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
     active: bool,
@@ -194,7 +194,7 @@ async fn calls(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn list_calls(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Response {
@@ -218,7 +218,7 @@ pub(crate) async fn list_calls(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn list_active_calls(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Response {
@@ -238,7 +238,7 @@ pub(crate) async fn list_active_calls(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn get_call(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -281,7 +281,7 @@ pub(crate) async fn get_call(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn list_messages(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Response {
@@ -323,7 +323,7 @@ pub(crate) async fn list_messages(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn get_message(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -363,7 +363,7 @@ pub(crate) async fn get_message(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn list_voicemails(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     headers: HeaderMap,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Response {
@@ -402,7 +402,7 @@ pub(crate) async fn list_voicemails(
     security(("app_api_key" = [])),
 )]
 pub(crate) async fn get_voicemail(
-    State(st): State<crate::AppState>,
+    State(st): State<crate::Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::api::{user_filter, voicemail_json};
 use super::{JsonBody, Params, page, pagination, params, read_json, strict_uuid, ts};
-use crate::{AppState, error, ratelimit};
+use crate::{AppState, Shared, error, ratelimit};
 
 /// Max items of one `users/batch-map` request.
 const BATCH_CAP: usize = 1000;
@@ -37,7 +37,7 @@ type Q = Result<Query<Params>, QueryRejection>;
 type B = Result<Bytes, BytesRejection>;
 
 /// Routes under `/internal` (rate limit first, then bearer auth, for every path).
-pub(super) fn routes(state: AppState) -> Router<AppState> {
+pub(super) fn routes(state: Shared) -> Router<Shared> {
     Router::new()
         .route("/apps", post(create_app).get(list_apps))
         .route("/apps/{app_id}", get(get_app).patch(patch_app))
@@ -99,7 +99,7 @@ pub(crate) fn check_bearer(st: &AppState, headers: &HeaderMap) -> Result<(), Res
     }
 }
 
-async fn bearer(State(st): State<AppState>, req: Request, next: Next) -> Response {
+async fn bearer(State(st): State<Shared>, req: Request, next: Next) -> Response {
     match check_bearer(&st, req.headers()) {
         Ok(()) => next.run(req).await,
         Err(r) => r,
@@ -162,7 +162,7 @@ fn app_json(a: &App) -> Value {
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn create_app(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     ext: Extensions,
     headers: HeaderMap,
     body: B,
@@ -214,7 +214,7 @@ pub(crate) async fn create_app(
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn list_apps(State(st): State<AppState>, q: Q) -> Response {
+pub(crate) async fn list_apps(State(st): State<Shared>, q: Q) -> Response {
     let req = page(&params(q), 50, 100);
     match st.cti.store().list_apps(req).await {
         Ok(pg) => ok(json!({
@@ -239,7 +239,7 @@ pub(crate) async fn list_apps(State(st): State<AppState>, q: Q) -> Response {
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn get_app(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn get_app(State(st): State<Shared>, Path(raw): Path<String>) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -266,7 +266,7 @@ pub(crate) async fn get_app(State(st): State<AppState>, Path(raw): Path<String>)
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn patch_app(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: B,
@@ -318,7 +318,7 @@ pub(crate) async fn patch_app(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn issue_key(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     ext: Extensions,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -387,7 +387,7 @@ pub(crate) async fn issue_key(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn revoke_key(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     ext: Extensions,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -422,7 +422,7 @@ pub(crate) async fn revoke_key(
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn key_status(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn key_status(State(st): State<Shared>, Path(raw): Path<String>) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -467,7 +467,7 @@ fn audit_json(e: &AuditEntry) -> Value {
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn key_audit(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     q: Q,
 ) -> Response {
@@ -510,7 +510,7 @@ pub(crate) async fn key_audit(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn list_voicemails(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     q: Q,
 ) -> Response {
@@ -556,7 +556,7 @@ fn vm_ids(app: &str, vm: &str) -> Result<(cti_core::model::AppId, Uuid), Respons
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn get_voicemail(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, vm)): Path<(String, String)>,
 ) -> Response {
     let (app, vm) = match vm_ids(&app, &vm) {
@@ -584,7 +584,7 @@ pub(crate) async fn get_voicemail(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn delete_voicemail(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, vm)): Path<(String, String)>,
 ) -> Response {
     let (app, vm) = match vm_ids(&app, &vm) {
@@ -670,7 +670,7 @@ fn store_err(e: StoreError, msg: &str) -> Response {
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn map_user(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: B,
@@ -744,7 +744,7 @@ fn batch_item(v: &Value) -> Result<(DialpadId, String), String> {
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn batch_map(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: B,
@@ -800,7 +800,7 @@ pub(crate) async fn batch_map(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn list_mappings(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     q: Q,
 ) -> Response {
@@ -855,7 +855,7 @@ fn app_and_user(app: &str, user: &str) -> Result<(cti_core::model::AppId, Dialpa
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn get_mapping_by_dialpad(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, user)): Path<(String, String)>,
 ) -> Response {
     match app_and_user(&app, &user) {
@@ -878,7 +878,7 @@ pub(crate) async fn get_mapping_by_dialpad(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn delete_mapping_by_dialpad(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, user)): Path<(String, String)>,
 ) -> Response {
     match app_and_user(&app, &user) {
@@ -901,7 +901,7 @@ pub(crate) async fn delete_mapping_by_dialpad(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn get_mapping_by_crm(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, crm)): Path<(String, String)>,
 ) -> Response {
     let id = match app_id(&app) {
@@ -928,7 +928,7 @@ pub(crate) async fn get_mapping_by_crm(
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn delete_mapping(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path((app, mapping)): Path<(String, String)>,
 ) -> Response {
     let id = match app_id(&app) {
@@ -969,7 +969,7 @@ fn webhook_json(w: &DialpadWebhook) -> Value {
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn list_webhooks(State(st): State<AppState>, q: Q) -> Response {
+pub(crate) async fn list_webhooks(State(st): State<Shared>, q: Q) -> Response {
     let p = params(q);
     let Some(raw) = p.get("app_id").filter(|s| !s.is_empty()) else {
         return error::error(StatusCode::BAD_REQUEST, "app_id query parameter required");
@@ -1005,7 +1005,7 @@ fn webhook_id(raw: &str) -> Result<DialpadId, Response> {
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn get_webhook(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn get_webhook(State(st): State<Shared>, Path(raw): Path<String>) -> Response {
     let id = match webhook_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,
@@ -1034,7 +1034,7 @@ pub(crate) async fn get_webhook(State(st): State<AppState>, Path(raw): Path<Stri
     security(("internal_bearer" = [])),
 )]
 pub(crate) async fn delete_webhook(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(raw): Path<String>,
     q: Q,
 ) -> Response {
@@ -1077,7 +1077,7 @@ pub(crate) async fn delete_webhook(
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn event_stats(State(st): State<AppState>) -> Response {
+pub(crate) async fn event_stats(State(st): State<Shared>) -> Response {
     match st.cti.store().inbox_stats().await {
         Ok(s) => {
             let now = st.cti.now();
@@ -1114,7 +1114,7 @@ pub(crate) async fn event_stats(State(st): State<AppState>) -> Response {
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn retry_event(State(st): State<AppState>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn retry_event(State(st): State<Shared>, Path(raw): Path<String>) -> Response {
     let Some(id) = strict_uuid(&raw) else {
         return error::invalid("event_id must be a valid UUID");
     };

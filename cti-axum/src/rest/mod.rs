@@ -24,10 +24,11 @@ use serde_json::Value;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::{AppState, error, ratelimit};
+use crate::{Shared, error, ratelimit};
 
 /// REST + webhook routes with every layer applied.
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: impl Into<Shared>) -> Router {
+    let state: Shared = state.into();
     let webhooks = Router::new()
         .route("/webhooks/dialpad", post(ops::webhook))
         .route("/webhooks/dialpad/{app_id}", post(ops::webhook_for_app))
@@ -72,7 +73,7 @@ pub fn routes(state: AppState) -> Router {
 
 /// Production mode: plain-HTTP requests (no `x-forwarded-proto: https`) are redirected to
 /// `PUBLIC_BASE_URL` + path (never to the client-supplied `Host`); HTTPS responses get HSTS.
-async fn production(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn production(State(state): State<Shared>, req: Request, next: Next) -> Response {
     if !state.config.production {
         return next.run(req).await;
     }

@@ -12,7 +12,7 @@ use cti_core::model::format_ts;
 use cti_core::store::InboxBacklog;
 use serde_json::{Value, json};
 
-use crate::{AppState, error};
+use crate::{AppState, Shared, error};
 
 /// `GET /`.
 #[utoipa::path(
@@ -34,7 +34,7 @@ pub(crate) async fn root() -> Response {
         (status = 503, description = "`status: unhealthy`: database unreachable or shutting down.", body = crate::openapi::Health),
     ),
 )]
-pub(crate) async fn health(State(st): State<AppState>) -> Response {
+pub(crate) async fn health(State(st): State<Shared>) -> Response {
     let db_ok = st.cti.store().ping().await.is_ok();
     let draining = st.shutting_down.load(Ordering::Relaxed);
     let healthy = db_ok && !draining;
@@ -114,7 +114,7 @@ async fn snapshot(st: &AppState) -> Snapshot {
     ),
     security((), ("internal_bearer" = [])),
 )]
-pub(crate) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(State(st): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(r) = metrics_auth(&st, &headers) {
         return r;
     }
@@ -156,7 +156,7 @@ pub(crate) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> R
     ),
     security((), ("internal_bearer" = [])),
 )]
-pub(crate) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn prometheus(State(st): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(r) = metrics_auth(&st, &headers) {
         return r;
     }
@@ -251,7 +251,7 @@ pub(crate) async fn prometheus(State(st): State<AppState>, headers: HeaderMap) -
     responses(crate::openapi::WebhookResponses),
 )]
 pub(crate) async fn webhook(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -270,7 +270,7 @@ pub(crate) async fn webhook(
     responses(crate::openapi::WebhookResponses),
 )]
 pub(crate) async fn webhook_for_app(
-    State(st): State<AppState>,
+    State(st): State<Shared>,
     Path(app_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -5,7 +5,7 @@
 -- evaluated on every insert into the table, so `status IN ('pending', 'failed', 'processing')`
 -- built two temporary b-trees (a pager, a page cache, three inserts, a close) per stored event:
 -- measured, about a tenth of the single writer's CPU per event together with the status CHECK
--- constraints (docs/performance.md, 2026-12-01). The same set written as equalities joined by
+-- constraints (docs/performance.md, 2026-11-30 i). The same set written as equalities joined by
 -- OR is three comparisons.
 --
 -- A query can use a partial index only when one of its WHERE terms is the index's predicate,

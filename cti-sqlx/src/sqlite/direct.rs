@@ -117,7 +117,7 @@ impl Writer {
 ///
 /// SQLite codes a `CHECK (status IN (…))` of three or more values as a temporary b-tree of
 /// the values, built afresh for every row written: the inbox's and the calls' status checks
-/// cost the single writer about 5 % of its CPU per event (docs/performance.md, 2026-12-01).
+/// cost the single writer about 5 % of its CPU per event (docs/performance.md, 2026-11-30 i).
 /// Every value this connection writes comes from a Rust type (`EventStatus::as_str`,
 /// `CallStatus::as_str`, …), so the checks cannot fail here; the test
 /// `sqlite::writes_of_the_direct_connection_pass_the_check_constraints` checks the rows it

@@ -58,7 +58,7 @@ pub enum EventTime {
     SendOrder,
     /// `event_timestamp` is the call's base time (1 ms per call) plus the fixture's real
     /// offset: consecutive requests carry timestamps up to six minutes apart (the model of
-    /// the figures recorded before 2026-12; pessimistic for time-ordered indexes).
+    /// the figures recorded up to 2026-11-30 h; pessimistic for time-ordered indexes).
     CallOffsets,
 }
 
