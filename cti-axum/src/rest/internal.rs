@@ -466,11 +466,7 @@ fn audit_json(e: &AuditEntry) -> Value {
     ),
     security(("internal_bearer" = [])),
 )]
-pub(crate) async fn key_audit(
-    State(st): State<Shared>,
-    Path(raw): Path<String>,
-    q: Q,
-) -> Response {
+pub(crate) async fn key_audit(State(st): State<Shared>, Path(raw): Path<String>, q: Q) -> Response {
     let id = match app_id(&raw) {
         Ok(id) => id,
         Err(r) => return r,

@@ -120,10 +120,10 @@ impl Writer {
 /// cost the single writer about 5 % of its CPU per event (docs/performance.md, 2026-11-30 i).
 /// Every value this connection writes comes from a Rust type (`EventStatus::as_str`,
 /// `CallStatus::as_str`, …), so the checks cannot fail here; the test
-/// `sqlite::writes_of_the_direct_connection_pass_the_check_constraints` checks the rows it
-/// wrote with `PRAGMA integrity_check`, which verifies the `CHECK` constraints. The checks stay
-/// in force on every other connection (the sqlx writer, imports, anyone's own SQL) and
-/// in-memory databases keep them.
+/// `sqlite::statement_tests::writes_of_the_direct_connection_pass_the_check_constraints`
+/// checks the rows it wrote with `PRAGMA integrity_check`, which verifies the `CHECK`
+/// constraints. The checks stay in force on every other connection (the sqlx writer,
+/// imports, anyone's own SQL) and in-memory databases keep them.
 pub(crate) fn configure(direct: &Connection, o: &DirectOptions<'_>) -> StoreResult<()> {
     direct.busy_timeout(o.busy_timeout).map_err(map_err)?;
     direct

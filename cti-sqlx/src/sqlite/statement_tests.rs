@@ -1,11 +1,14 @@
-//! Every statement the single writer runs, examined with `EXPLAIN` on a connection set up as
-//! the writer's: none may build a temporary b-tree per execution.
+//! The single writer's direct connection, checked after real work: every fixture event through
+//! the inline path, and inbox events through claims, completions, retries and dead-lettering.
 //!
-//! SQLite codes `x IN (a, b, c)` (three or more constants) as a temporary b-tree built each
-//! time a statement runs — a pager, a page cache, inserts, a close — so an `IN` list in a
-//! partial index's predicate or a `CHECK` constraint costs that on every row the writer
-//! stores (migration 0006, `direct::configure`).
+//! - No statement it ran builds a temporary b-tree per execution. SQLite codes `x IN (a, b, c)`
+//!   (three or more constants) as a temporary b-tree built each time a statement runs — a
+//!   pager, a page cache, inserts, a close — so an `IN` list in a partial index's predicate or
+//!   a `CHECK` constraint costs that on every row the writer stores (migration 0006,
+//!   `direct::configure`).
+//! - Every row it wrote satisfies the `CHECK` constraints it does not evaluate.
 
+use std::path::Path;
 use std::time::Duration;
 
 use cti_core::inbox::{IngestOutcome, WebhookRequest};
@@ -23,27 +26,14 @@ mod fixtures {
     #![allow(dead_code)]
     include!("../../../fixtures/dialpad/embedded.rs");
 }
-use fixtures::EVENT_FILES;
 
-/// `OpenEphemeral` instructions (temporary b-trees) in the program of `sql` on `conn`.
-fn temp_btrees(conn: &rusqlite::Connection, sql: &str) -> usize {
-    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
-    let mut rows = stmt.raw_query();
-    let mut n = 0;
-    while let Some(r) = rows.next().unwrap() {
-        n += usize::from(r.get::<_, String>(1).unwrap() == "OpenEphemeral");
-    }
-    n
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_builds_no_temporary_b_tree_per_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cti.db");
+/// Runs the writer's paths on a new database file at `path`: every fixture event ingested and
+/// processed inline, then eight inbox events claimed and left ignored, failed for a retry,
+/// dead, or processing.
+async fn exercise_the_writer(path: &Path) {
     let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    // The inline path: every fixture event, stored and applied in the writer's transactions.
     let cti = Cti::builder()
         .store(Arc::new(store.clone()))
         .config(CtiConfig {
@@ -53,7 +43,7 @@ async fn the_writer_builds_no_temporary_b_tree_per_row() {
         .build();
     let running = cti.start();
     let (app, key) = cti.create_app("Tenant", Default::default()).await.unwrap();
-    for (name, text) in EVENT_FILES {
+    for (name, text) in fixtures::EVENT_FILES {
         if *name == "lifecycles.json" {
             continue;
         }
@@ -70,10 +60,10 @@ async fn the_writer_builds_no_temporary_b_tree_per_row() {
             .unwrap();
         assert!(matches!(outcome, IngestOutcome::Accepted { .. }), "{name}");
     }
+    // With the `Cti` stopped, only this function claims.
     running.shutdown(Duration::from_secs(2)).await;
-    // The processor's path: claims, completions, retries.
     let now = chrono::Utc::now();
-    let events = (0..3)
+    let events = (0..8)
         .map(|i| NewInboxEvent {
             id: uuid::Uuid::now_v7(),
             app_id: app.id,
@@ -88,22 +78,51 @@ async fn the_writer_builds_no_temporary_b_tree_per_row() {
         .collect();
     store.inbox_insert(events).await.unwrap();
     let claimed = store
-        .inbox_claim(3, Duration::from_secs(60), now)
+        .inbox_claim(8, Duration::from_secs(60), now)
         .await
         .unwrap();
-    let [a, b, ..] = &claimed[..] else {
-        panic!("{claimed:?}")
-    };
-    let ignored = EventResult::Ignored("test".into());
-    store
-        .inbox_complete(a.id, a.attempts, ignored, now)
-        .await
-        .unwrap();
-    store
-        .inbox_fail(b.id, b.attempts, "boom", None, now)
-        .await
-        .unwrap();
+    assert_eq!(claimed.len(), 8);
+    for (i, e) in claimed.iter().enumerate() {
+        let (id, attempt) = (e.id, e.attempts);
+        let retry = now + chrono::Duration::seconds(1);
+        match i % 4 {
+            0 => {
+                let ignored = EventResult::Ignored("test".into());
+                store
+                    .inbox_complete(id, attempt, ignored, now)
+                    .await
+                    .unwrap();
+            }
+            1 => store
+                .inbox_fail(id, attempt, "boom", Some(retry), now)
+                .await
+                .unwrap(),
+            2 => store
+                .inbox_fail(id, attempt, "boom", None, now)
+                .await
+                .unwrap(),
+            _ => {} // left processing
+        }
+    }
     store.close().await;
+}
+
+/// `OpenEphemeral` instructions (temporary b-trees) in the program of `sql` on `conn`.
+fn temp_btrees(conn: &rusqlite::Connection, sql: &str) -> usize {
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+    let mut rows = stmt.raw_query();
+    let mut n = 0;
+    while let Some(r) = rows.next().unwrap() {
+        n += usize::from(r.get::<_, String>(1).unwrap() == "OpenEphemeral");
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_builds_no_temporary_b_tree_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cti.db");
+    exercise_the_writer(&path).await;
 
     let statements = direct::recorded_statements();
     assert!(statements.len() >= 12, "{statements:#?}");
@@ -127,4 +146,31 @@ async fn the_writer_builds_no_temporary_b_tree_per_row() {
     }
     // The same statements with the CHECK constraints evaluated: the status checks do.
     assert!(with_checks > 0);
+}
+
+/// The direct connection does not evaluate `CHECK` constraints; `PRAGMA integrity_check`
+/// verifies them, so every row it wrote must pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_the_direct_connection_pass_the_check_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cti.db");
+    exercise_the_writer(&path).await;
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn.prepare("PRAGMA integrity_check").unwrap();
+    let report: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(report, ["ok"]);
+    // Not vacuous: the rows cover the constrained values.
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert!(count("SELECT COUNT(DISTINCT status) FROM calls") >= 4);
+    assert_eq!(count("SELECT COUNT(DISTINCT direction) FROM calls"), 2);
+    // done (fixtures), ignored, failed, dead, processing
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT status) FROM webhook_events"),
+        5
+    );
 }
