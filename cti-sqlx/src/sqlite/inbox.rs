@@ -272,16 +272,17 @@ impl InboxStore for SqliteStore {
     /// Reads the partial index of unfinished events and the `dead` range of the status index:
     /// a scrape costs what is waiting, not the retained history.
     async fn inbox_backlog(&self) -> StoreResult<InboxBacklog> {
-        self.counts(&format!(
-            "SELECT status, COUNT(*) AS n FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE {} GROUP BY status
-             UNION ALL
-             SELECT 'dead', COUNT(*) FROM webhook_events INDEXED BY webhook_events_status_next
-             WHERE status = 'dead'",
-            unfinished("")
-        ))
-        .await
-        .map(InboxBacklog::from)
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT status, COUNT(*) AS n FROM webhook_events INDEXED BY webhook_events_unfinished
+                 WHERE {} GROUP BY status
+                 UNION ALL
+                 SELECT 'dead', COUNT(*) FROM webhook_events INDEXED BY webhook_events_status_next
+                 WHERE status = 'dead'",
+                unfinished("")
+            )
+        });
+        self.counts(&SQL).await.map(InboxBacklog::from)
     }
 
     async fn inbox_purge(&self, before: Timestamp) -> StoreResult<u64> {
@@ -397,11 +398,15 @@ fn insert_events(
         }
         // The key exists (stored earlier, or earlier in this batch: the first occurrence wins).
         // `dedupe_at` (migration 0005) is 0 or the event's timestamp, whichever the key's form
-        // selects: both candidates, so the lookup stays on the unique index.
+        // selects: both candidates, each a point lookup on the unique index (`IN (0, …)` would
+        // build a temporary b-tree of the two values).
         let id: String = direct::prepare(
             tx,
-            "SELECT id FROM webhook_events WHERE app_id = ?1 \
-                 AND dedupe_at IN (0, coalesce(?3, 0)) AND dedupe_key = ?2",
+            "SELECT id FROM webhook_events WHERE app_id = ?1 AND dedupe_at = 0 AND dedupe_key = ?2 \
+             UNION ALL \
+             SELECT id FROM webhook_events \
+              WHERE app_id = ?1 AND dedupe_at = coalesce(?3, 0) AND dedupe_key = ?2 \
+             LIMIT 1",
         )?
         .query_row(params![app, e.dedupe_key, e.event_timestamp], |r| r.get(0))
         .map_err(direct::map_err)?;
@@ -580,14 +585,17 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
-        let oldest: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
-             WHERE {}",
-            unfinished("")
-        ))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        static OLDEST: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT MIN(received_at) FROM webhook_events INDEXED BY webhook_events_unfinished
+                 WHERE {}",
+                unfinished("")
+            )
+        });
+        let oldest: Option<i64> = sqlx::query_scalar(&OLDEST)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         let mut s = InboxStats::default();
         for r in &rows {

@@ -28,7 +28,7 @@ mod fixtures {
 }
 
 /// Runs the writer's paths on a new database file at `path`: every fixture event ingested and
-/// processed inline, then eight inbox events claimed and left ignored, failed for a retry,
+/// processed inline, one of them redelivered, then eight inbox events claimed and left ignored, failed for a retry,
 /// dead, or processing.
 async fn exercise_the_writer(path: &Path) {
     let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
@@ -47,19 +47,15 @@ async fn exercise_the_writer(path: &Path) {
         if *name == "lifecycles.json" {
             continue;
         }
-        let sig = sign_hmac_b64(text.as_bytes(), b"W");
-        let outcome = cti
-            .ingest(WebhookRequest {
-                body: text.as_bytes(),
-                content_type: Some("application/json"),
-                signature: Some(&sig),
-                app_key: Some(key.expose()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let outcome = post(&cti, key.expose(), text).await;
         assert!(matches!(outcome, IngestOutcome::Accepted { .. }), "{name}");
     }
+    // A redelivery: the duplicate lookup.
+    let again = post(&cti, key.expose(), fixtures::EVENT_FILES[0].1).await;
+    assert!(
+        matches!(again, IngestOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
     // With the `Cti` stopped, only this function claims.
     running.shutdown(Duration::from_secs(2)).await;
     let now = chrono::Utc::now();
@@ -105,6 +101,20 @@ async fn exercise_the_writer(path: &Path) {
         }
     }
     store.close().await;
+}
+
+/// `text` as a JSON webhook signed with the secret `W` for the app of `key`.
+async fn post(cti: &Cti, key: &str, text: &str) -> IngestOutcome {
+    let sig = sign_hmac_b64(text.as_bytes(), b"W");
+    cti.ingest(WebhookRequest {
+        body: text.as_bytes(),
+        content_type: Some("application/json"),
+        signature: Some(&sig),
+        app_key: Some(key),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 /// `OpenEphemeral` instructions (temporary b-trees) in the program of `sql` on `conn`.
