@@ -68,6 +68,17 @@ pub(crate) struct Plan {
     pub published: Vec<(usize, Vec<PublishedEvent>)>,
 }
 
+impl Plan {
+    /// `true` when the plan changes no row (nothing applied changed a record or published).
+    pub(crate) fn writes_nothing(&self) -> bool {
+        self.calls.is_empty()
+            && self.voicemails.is_empty()
+            && self.messages.is_empty()
+            && self.seqs.is_empty()
+            && self.outbox.is_empty()
+    }
+}
+
 /// Drops repeated keys, keeping the first occurrence (linear, unlike `Vec::contains` per push).
 fn dedup<K: std::hash::Hash + Eq + Copy>(v: &mut Vec<K>) {
     let mut seen = std::collections::HashSet::with_capacity(v.len());

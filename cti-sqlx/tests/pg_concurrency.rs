@@ -404,3 +404,277 @@ async fn drain(name: &str, batched: bool) {
         assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
     }
 }
+
+/// An inline batch that read its app before another applier committed finds the app's
+/// generation moved when it writes, writes nothing, and runs again under the row lock: its
+/// outbox numbers continue after the other applier's, not from what it first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_batch_that_read_stale_state_runs_again_under_the_lock() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::new("stale").await else {
+        return;
+    };
+    let s = Arc::new(db.store().await);
+    let app = s
+        .create_app(
+            NewApp {
+                id: AppId::new(),
+                name: "S".into(),
+                key: NewKey {
+                    lookup: "5".repeat(64),
+                    hint: "h".into(),
+                },
+                now: t0(),
+            },
+            AuditContext::default(),
+        )
+        .await
+        .unwrap();
+
+    // Another applier, mid-transaction: it holds the app's row, moved its generation and
+    // assigned five outbox numbers.
+    let mut other = db.conn().await;
+    let mut tx = other.begin().await.unwrap();
+    let apply = format!(
+        "UPDATE \"{}\".apps SET apply_gen = apply_gen + 1, last_event_seq = last_event_seq + 5 \
+         WHERE id = $1",
+        db.schema
+    );
+    sqlx::query(&apply)
+        .bind(app.id.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let call = 4_000_001;
+    let event = NewInboxEvent {
+        id: Uuid::now_v7(),
+        app_id: app.id,
+        dedupe_key: "ring".into(),
+        event_type: Some("call".into()),
+        call_id: Some(DialpadId(call)),
+        state: Some("ringing".into()),
+        event_timestamp: Some(1_000),
+        payload: serde_json::json!({}).into(),
+        received_at: t0(),
+    };
+    let ring = lifecycle(call).remove(0);
+    let batch = {
+        let s = s.clone();
+        let event = event.clone();
+        tokio::spawn(async move {
+            s.inbox_insert_processed(
+                std::slice::from_ref(&event),
+                vec![Some(EventResult::Apply(Box::new(ring)))],
+                Duration::from_secs(30),
+                t0(),
+            )
+            .await
+        })
+    };
+    // The batch has read (its read takes no lock) and now waits for the app's row.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%apply_gen%' AND pid <> pg_backend_pid() AND datname = current_database()";
+    let mut probe = db.conn().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar(waiting)
+            .fetch_one(&mut probe)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never waited for the app's row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.commit().await.unwrap();
+
+    let done = batch.await.unwrap().unwrap();
+    assert_eq!(done.outcomes, [InsertOutcome::Inserted(event.id)]);
+    assert_eq!(done.processed, [true]);
+    let seqs: Vec<u64> = done.published.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [6], "numbered after the other applier's five");
+    assert_eq!(s.event_heads().await.unwrap(), vec![(app.id, 6)]);
+    let stored = s.events_since(app.id, 0, 10).await.unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    let got = s
+        .get_call_by_dialpad_id(app.id, DialpadId(call))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status, CallStatus::Ringing);
+    assert_eq!(s.inbox_stats().await.unwrap().done, 1);
+}
+
+/// Two instances (separate pools) ingest the interleaved calls of two apps with inline batches
+/// that mix both apps, while a third of the events went to the inbox first and two processors
+/// drain them (so inline batches find calls blocked, and optimistic writes race locked
+/// completions): every event is applied exactly once, every call ends in the sequential
+/// result, and each app's outbox numbering is gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_batches_and_processors_on_two_pools_equal_the_sequential_merge() {
+    let Some(db) = TestDb::new("inline_race").await else {
+        return;
+    };
+    let opts = PgOptions {
+        max_connections: 4,
+        ..PgOptions::default()
+    };
+    let stores = [
+        Arc::new(db.store_with(opts.clone()).await),
+        Arc::new(db.store_with(opts).await),
+    ];
+    let mut apps = Vec::new();
+    for digit in ["3", "4"] {
+        let app = stores[0]
+            .create_app(
+                NewApp {
+                    id: AppId::new(),
+                    name: format!("I{digit}"),
+                    key: NewKey {
+                        lookup: digit.repeat(64),
+                        hint: "h".into(),
+                    },
+                    now: t0(),
+                },
+                AuditContext::default(),
+            )
+            .await
+            .unwrap();
+        apps.push(app.id);
+    }
+    let calls: Vec<u64> = (0..60).map(|i| 8_000_000 + i).collect();
+    let mut queued = Vec::new();
+    let mut inline = Vec::new();
+    let mut by_key = std::collections::HashMap::new();
+    for (k, call) in calls.iter().enumerate() {
+        let app = apps[k % 2];
+        for (i, n) in lifecycle(*call).into_iter().enumerate() {
+            let key = format!("{call}-{i}");
+            let e = NewInboxEvent {
+                id: Uuid::new_v4(),
+                app_id: app,
+                dedupe_key: key.clone(),
+                event_type: None,
+                call_id: Some(DialpadId(*call)),
+                state: None,
+                event_timestamp: n.call.as_ref().map(|c| c.event_ms),
+                payload: serde_json::json!({}).into(),
+                received_at: t0() + secs((i * 30 + k) as i64),
+            };
+            if (k + i) % 3 == 0 {
+                queued.push(e);
+            } else {
+                inline.push(e);
+            }
+            by_key.insert(key, n);
+        }
+    }
+    let total = by_key.len();
+    stores[0].inbox_insert(queued).await.unwrap();
+    shuffle(&mut inline, 7);
+    let by_key = Arc::new(by_key);
+    let ingesting = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let mut tasks = Vec::new();
+    for (w, share) in [
+        inline.iter().step_by(2).cloned().collect::<Vec<_>>(),
+        inline.iter().skip(1).step_by(2).cloned().collect(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = stores[w].clone();
+        let by_key = by_key.clone();
+        let ingesting = ingesting.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut processed = 0;
+            for batch in share.chunks(6) {
+                let results = batch
+                    .iter()
+                    .map(|e| Some(EventResult::Apply(Box::new(by_key[&e.dedupe_key].clone()))))
+                    .collect();
+                let done = s
+                    .inbox_insert_processed(batch, results, Duration::from_secs(60), t0())
+                    .await
+                    .unwrap();
+                assert!(
+                    done.outcomes
+                        .iter()
+                        .all(|o| matches!(o, InsertOutcome::Inserted(_)))
+                );
+                processed += done.processed.iter().filter(|p| **p).count();
+            }
+            ingesting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            processed
+        }));
+    }
+    for s in &stores {
+        let s = s.clone();
+        let by_key = by_key.clone();
+        let ingesting = ingesting.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut idle = 0;
+            while idle < 20 {
+                let claimed = s
+                    .inbox_claim(4, Duration::from_secs(60), t0() + secs(600))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    if ingesting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                        idle += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                let items = claimed
+                    .iter()
+                    .map(|e| Completion {
+                        event_id: e.id,
+                        attempt: e.attempts,
+                        result: EventResult::Apply(Box::new(by_key[&e.dedupe_key].clone())),
+                    })
+                    .collect();
+                for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
+                    r.unwrap();
+                    done += 1;
+                }
+            }
+            done
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.unwrap();
+    }
+    assert_eq!(applied, total, "every event applied exactly once");
+    let st = stores[0].inbox_stats().await.unwrap();
+    assert_eq!(st.done, total as u64);
+    for (k, call) in calls.into_iter().enumerate() {
+        let app = apps[k % 2];
+        let got = stores[1]
+            .get_call_by_dialpad_id(app, DialpadId(call))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            data(&got),
+            data(&sequential(app, &lifecycle(call))),
+            "call {call}"
+        );
+    }
+    for app in apps {
+        let all = stores[0].events_since(app, 0, 100_000).await.unwrap();
+        assert!(!all.is_empty());
+        assert!(
+            all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
+            "gap or duplicate in the outbox numbering"
+        );
+    }
+}

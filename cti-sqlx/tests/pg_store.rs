@@ -355,13 +355,25 @@ async fn equal_arrival_times_are_claimed_in_insertion_order() {
     assert_eq!(got, want);
 }
 
-/// An inline batch whose app lock cannot be taken (another session holds it past
-/// `lock_timeout`) fails with nothing stored, and the connection it failed on — the lock is
-/// sent with the `BEGIN`, so the failure leaves an aborted transaction there — never serves
-/// another batch: with a pool of one connection, the next batch succeeds.
+/// An inline batch whose apps' row locks cannot be taken (another session holds one past
+/// `lock_timeout`) fails with nothing stored, and the connection it failed on never serves
+/// another batch in a bad state: with a pool of one connection, the next batch succeeds.
+/// Locked path: the lock is sent with the `BEGIN`, so its failure leaves an aborted
+/// transaction on that connection, which must be closed.
 #[tokio::test]
 async fn a_failed_applier_lock_does_not_poison_the_pool() {
+    applier_lock_failure(false).await;
+}
+
+/// Same for the optimistic path, whose write statement takes the row locks.
+#[tokio::test]
+async fn a_failed_optimistic_write_stores_nothing_and_the_pool_recovers() {
+    applier_lock_failure(true).await;
+}
+
+async fn applier_lock_failure(optimistic_inline: bool) {
     use cti_core::normalize::{CallUpdate, CtiEvent, Normalized};
+    use sqlx::Connection;
     use sqlx::postgres::PgConnectOptions;
 
     let Some(db) = TestDb::new("lockfail").await else {
@@ -374,6 +386,7 @@ async fn a_failed_applier_lock_does_not_poison_the_pool() {
         .options([("lock_timeout", "200ms")]);
     let mut opts = db.options();
     opts.max_connections = 1;
+    opts.optimistic_inline = optimistic_inline;
     let s = db.store_via(connect, opts).await;
     let app = new_app(&s, "A", "a").await;
     let event = NewInboxEvent {
@@ -402,11 +415,16 @@ async fn a_failed_applier_lock_does_not_poison_the_pool() {
     };
     let lease = Duration::from_secs(30);
 
+    // Another session holds the app's row lock, as an applier does.
     let mut holder = db.conn().await;
-    let lock = "SELECT pg_advisory_lock(hashtextextended('cti-app:' || $1::text, 0))";
-    sqlx::query(lock)
+    let mut held = holder.begin().await.unwrap();
+    let lock = format!(
+        "SELECT 1 FROM \"{}\".apps WHERE id = $1 FOR UPDATE",
+        db.schema
+    );
+    sqlx::query(&lock)
         .bind(app.id.0)
-        .execute(&mut holder)
+        .execute(&mut *held)
         .await
         .unwrap();
     let err = s
@@ -415,10 +433,7 @@ async fn a_failed_applier_lock_does_not_poison_the_pool() {
         .unwrap_err();
     assert!(!matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert!(s.inbox_get(None, event.id).await.unwrap().is_none());
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    held.rollback().await.unwrap();
 
     let done = s
         .inbox_insert_processed(std::slice::from_ref(&event), vec![ringing()], lease, t0())

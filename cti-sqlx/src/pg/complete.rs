@@ -1,38 +1,38 @@
 //! Set-based `inbox_complete` on PostgreSQL: a claimed batch is finished in one transaction with
 //! a constant number of statements, whatever its size (the algorithm is in `crate::batch`).
 //!
-//! The transaction first takes an advisory lock per app of the batch, in key order
-//! ([`APP_LOCKS_SQL`]). Every transaction that applies events does so, which
+//! The transaction first locks the rows of the batch's apps in id order and moves their apply
+//! generations ([`APP_LOCKS_SQL`], see `super::write`). Every applier does so, which
 //!
 //! * serialises the appliers of one app, so the rows this transaction reads (calls, voicemails,
 //!   messages, mappings, `apps.last_event_seq`) cannot change before it commits — later
-//!   statements of a READ COMMITTED transaction see everything committed before the lock was
+//!   statements of a READ COMMITTED transaction see everything committed before the locks were
 //!   granted — and the app's outbox sequence numbers are gap-free and commit in order;
-//! * rules out deadlocks between batches (locks are taken in one global order, and nothing
-//!   else locks these rows in another order).
+//! * rules out deadlocks between batches (locks are taken in one global order before anything
+//!   else is touched);
+//! * makes an inline batch that read these apps before this transaction committed find a moved
+//!   generation and run again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::SubsecRound;
-use cti_core::json::JsonText;
 use cti_core::model::*;
 use cti_core::normalize::apply::{call_key, target_user};
 use cti_core::store::*;
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::*;
+use super::write::{self, InboxRows, Written};
 use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
 use crate::common;
 
-/// Transaction-scoped advisory locks on the apps of the given events, in key order.
-const APP_LOCKS_SQL: &str = "SELECT count(pg_advisory_xact_lock(l.k)) FROM (
-        SELECT DISTINCT hashtextextended('cti-app:' || app_id::text, 0) AS k
-        FROM webhook_events WHERE id = ANY($1) ORDER BY 1
-    ) l";
+/// Row locks (in id order) and new generations of the apps of the given events.
+static APP_LOCKS_SQL: LazyLock<String> = LazyLock::new(|| {
+    write::lock_apps_sql("a.id IN (SELECT w.app_id FROM webhook_events w WHERE w.id = ANY($1))")
+});
 
 /// Lease check and status change of every item (`done` keeps the last error of earlier
 /// attempts, `ignored` records its reason); returns the events this attempt still held.
@@ -42,10 +42,6 @@ const FINISH_SQL: &str = "UPDATE webhook_events w
     FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[]) AS v(id, attempts, status, reason)
     WHERE w.id = v.id AND w.status = 'processing' AND w.attempts = v.attempts
     RETURNING w.id, w.app_id";
-
-/// Rows per multi-row statement (the widest row, calls, has 24 parameters; PostgreSQL allows
-/// 65,535 per statement).
-const ROWS_PER_STATEMENT: usize = 1000;
 
 static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
 static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
@@ -88,7 +84,7 @@ pub(super) async fn complete_in(
         .map(|c| c.event_id)
         .collect();
     if !applying_ids.is_empty() {
-        sqlx::query(APP_LOCKS_SQL)
+        sqlx::query(&APP_LOCKS_SQL)
             .bind(&applying_ids)
             .execute(&mut *tx)
             .await
@@ -100,42 +96,77 @@ pub(super) async fn complete_in(
 
 /// [`complete_in`] after the app locks and the lease check: `held` are the items whose events
 /// this transaction holds and already carry their final status (with their apps). `state`:
-/// the calls, user mappings and sequence numbers already read under the app locks for (at
-/// least) these items ([`read_state`]); `None` reads them here.
+/// what was already read under the app locks for (at least) these items ([`read_state`]);
+/// `None` reads it here.
 pub(super) async fn apply_held(
     tx: &mut PgConnection,
     items: &[Completion],
     held: &HashMap<Uuid, AppId>,
     now: Timestamp,
-    state: Option<Loaded>,
+    state: Option<State>,
 ) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
-    // PostgreSQL keeps microseconds: publish exactly the times it stores.
-    let now = now.round_subsecs(6);
-    let (mut out, applying) = batch::split(items, held);
-    if !applying.is_empty() {
-        let mut loaded = match state {
-            Some(state) => state,
-            None => {
-                let keys = StateKeys::of_items(&applying);
-                read_state(&mut *tx, &keys, false).await?.0
-            }
-        };
-        load_records(&mut *tx, &applying, &mut loaded).await?;
-        let plan = loop {
-            match batch::plan(&applying, &loaded, now)? {
-                Ok(plan) => break plan,
-                Err(user) => {
-                    let crm = read_users(&mut *tx, &[user]).await?.remove(&user);
-                    loaded.crm_users.insert(user, crm);
-                }
-            }
-        };
-        write(&mut *tx, &plan, now).await?;
-        for (index, published) in plan.published {
-            out[index] = Ok(published);
+    let (out, plan, gens) = plan_held(&mut *tx, items, held, now, state).await?;
+    if !plan.writes_nothing() {
+        // Under the row locks the generations cannot have moved.
+        if write::write(&mut *tx, &gens, InboxRows::default(), &plan, now).await? == Written::Stale
+        {
+            return Err(StoreError::Backend(
+                "apply: an app's generation moved under its row lock".into(),
+            ));
         }
     }
-    Ok(out)
+    Ok(published(out, plan))
+}
+
+/// Applies the `held` items in memory: their initial results (see [`batch::split`]), the plan
+/// to write, and the generations of the apps it was planned from (to pass to [`write::write`]).
+/// Reads the records the items touch beyond `state`.
+pub(super) async fn plan_held(
+    conn: &mut PgConnection,
+    items: &[Completion],
+    held: &HashMap<Uuid, AppId>,
+    now: Timestamp,
+    state: Option<State>,
+) -> StoreResult<(
+    Vec<StoreResult<Vec<PublishedEvent>>>,
+    Plan,
+    Vec<(AppId, i64)>,
+)> {
+    // PostgreSQL keeps microseconds: publish exactly the times it stores.
+    let now = now.round_subsecs(6);
+    let (out, applying) = batch::split(items, held);
+    if applying.is_empty() {
+        let gens = state.map(|s| s.gens).unwrap_or_default();
+        return Ok((out, Plan::default(), gens));
+    }
+    let State {
+        mut loaded, gens, ..
+    } = match state {
+        Some(state) => state,
+        None => read_state(&mut *conn, &StateKeys::of_items(&applying), false).await?,
+    };
+    load_records(&mut *conn, &applying, &mut loaded).await?;
+    let plan = loop {
+        match batch::plan(&applying, &loaded, now)? {
+            Ok(plan) => break plan,
+            Err(user) => {
+                let crm = read_users(&mut *conn, &[user]).await?.remove(&user);
+                loaded.crm_users.insert(user, crm);
+            }
+        }
+    };
+    Ok((out, plan, gens))
+}
+
+/// `out` with the messages `plan` published filled in.
+pub(super) fn published(
+    mut out: Vec<StoreResult<Vec<PublishedEvent>>>,
+    plan: Plan,
+) -> Vec<StoreResult<Vec<PublishedEvent>>> {
+    for (index, published) in plan.published {
+        out[index] = Ok(published);
+    }
+    out
 }
 
 async fn finish(
@@ -258,11 +289,11 @@ impl StateKeys {
     }
 }
 
-/// One statement for everything a batch reads under its app locks, a row per key:
-/// `c` rows (a call: its stored row if any, the CRM user of its stored Dialpad user, and with
-/// `$5` whether it has unfinished inbox events), `u` rows (the CRM user of a Dialpad user) and
-/// `a` rows (an app's last outbox sequence number). Several small statements cost a round trip
-/// each, inside the locks.
+/// One statement for everything a batch reads (under its apps' row locks, or — an inline
+/// batch — before taking them), a row per key: `c` rows (a call: its stored row if any, the CRM
+/// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `u`
+/// rows (the CRM user of a Dialpad user) and `a` rows (an app's last outbox sequence number and
+/// apply generation). Several small statements would cost a round trip each.
 static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT k.kind, k.app_id AS key_app, k.call_id AS key_call, k.user_id AS key_user,
@@ -270,8 +301,7 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
                 SELECT 1 FROM webhook_events w
                 WHERE w.app_id = k.app_id AND w.call_id = k.call_id
                   AND w.status IN ('pending', 'failed', 'processing')) END AS blocked,
-            CASE WHEN k.kind = 'a' THEN (
-                SELECT a.last_event_seq FROM apps a WHERE a.id = k.app_id) END AS app_seq,
+            ap.last_event_seq AS app_seq, ap.apply_gen AS app_gen,
             (SELECT m.crm_user_id FROM dialpad_user_mappings m
               WHERE m.app_id = k.app_id AND m.dialpad_user_id =
                     CASE WHEN k.kind = 'u' THEN k.user_id ELSE c.dialpad_user_id END) AS crm_user,
@@ -279,18 +309,30 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
          FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
               AS k(kind, app_id, call_id, user_id)
          LEFT JOIN calls c
-           ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id",
+           ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id
+         LEFT JOIN apps ap ON k.kind = 'a' AND ap.id = k.app_id",
         *CALL_COLS_C
     )
 });
 
-/// Reads the calls, user mappings and sequence numbers of `keys` in one statement
-/// ([`STATE_SQL`]); with `blocking`, also the keyed calls that have unfinished inbox events.
+/// What [`read_state`] read.
+pub(super) struct State {
+    /// The calls, user mappings and sequence numbers a plan starts from.
+    pub loaded: Loaded,
+    /// The keyed calls with unfinished inbox events (when asked for).
+    pub blocked: HashSet<Key>,
+    /// Each keyed app's apply generation.
+    pub gens: Vec<(AppId, i64)>,
+}
+
+/// Reads the calls, user mappings, sequence numbers and generations of `keys` in one
+/// statement ([`STATE_SQL`]); with `blocking`, also the keyed calls that have unfinished inbox
+/// events.
 pub(super) async fn read_state(
     conn: &mut PgConnection,
     keys: &StateKeys,
     blocking: bool,
-) -> StoreResult<(Loaded, HashSet<Key>)> {
+) -> StoreResult<State> {
     let n = keys.calls.len() + keys.users.len() + keys.apps.len();
     let (mut kinds, mut apps, mut calls, mut users) = (
         Vec::with_capacity(n),
@@ -321,6 +363,7 @@ pub(super) async fn read_state(
         .map_err(pg_err)?;
     let mut loaded = Loaded::default();
     let mut blocked = HashSet::new();
+    let mut gens = Vec::with_capacity(keys.apps.len());
     for r in &rows {
         let kind: &str = col(r, "kind")?;
         let app = AppId(col(r, "key_app")?);
@@ -346,10 +389,17 @@ pub(super) async fn read_state(
                 if let Some(seq) = col::<Option<i64>>(r, "app_seq")? {
                     loaded.seqs.insert(app, seq);
                 }
+                if let Some(generation) = col::<Option<i64>>(r, "app_gen")? {
+                    gens.push((app, generation));
+                }
             }
         }
     }
-    Ok((loaded, blocked))
+    Ok(State {
+        loaded,
+        blocked,
+        gens,
+    })
 }
 
 /// Adds the voicemails and messages `items` touch to `loaded` (one statement per kind, only
@@ -405,194 +455,4 @@ async fn read_users(conn: &mut PgConnection, users: &[Key]) -> StoreResult<HashM
         out.insert((AppId(col(r, "app_id")?), user), col(r, "crm_user_id")?);
     }
     Ok(out)
-}
-
-async fn write(conn: &mut PgConnection, plan: &Plan, now: Timestamp) -> StoreResult<()> {
-    if !(plan.calls.is_empty() && plan.seqs.is_empty() && plan.outbox.is_empty()) {
-        write_calls_and_outbox(conn, plan, now).await?;
-    }
-    upsert_voicemails(conn, &plan.voicemails).await?;
-    upsert_messages(conn, &plan.messages).await?;
-    Ok(())
-}
-
-/// Upserts calls with column arrays: the same SQL text (one prepared statement) whatever the
-/// number of rows — a `VALUES` list would be a new statement to parse and plan for every batch
-/// size. Part of [`WRITE_SQL`].
-const UPSERT_CALLS_SQL: &str = "INSERT INTO calls (id, app_id, dialpad_call_id, direction, \
-    from_number, to_number, status, dialpad_user_id, target_type, target_id, started_at, \
-    answered_at, ended_at, duration_seconds, recording_url, is_voicemail, voicemail_audio_url, \
-    transcript, held, merge_log, last_event_ms, raw_payload, created_at, updated_at)
-    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::int8[], $9::text[], $10::int8[], $11::timestamptz[], $12::timestamptz[],
-        $13::timestamptz[], $14::int8[], $15::text[], $16::bool[], $17::text[], $18::text[],
-        $19::bool[], $20::jsonb[], $21::int8[], $22::text[]::json[], $23::timestamptz[],
-        $24::timestamptz[])
-    ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction, \
-    from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
-    status = EXCLUDED.status, dialpad_user_id = EXCLUDED.dialpad_user_id, \
-    target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
-    started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
-    ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
-    recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
-    voicemail_audio_url = EXCLUDED.voicemail_audio_url, transcript = EXCLUDED.transcript, \
-    held = EXCLUDED.held, merge_log = EXCLUDED.merge_log, \
-    last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload, \
-    updated_at = EXCLUDED.updated_at";
-
-/// A batch's calls, its apps' new sequence numbers and its outbox rows in one statement (one
-/// round trip inside the app locks): `$1`–`$24` the calls ([`UPSERT_CALLS_SQL`]), `$25`–`$26`
-/// the sequence numbers, `$27`–`$32` the outbox.
-static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH upserted AS ({UPSERT_CALLS_SQL} RETURNING 1),
-         seqs AS (
-            UPDATE apps a SET last_event_seq = v.seq
-            FROM UNNEST($25::uuid[], $26::int8[]) AS v(id, seq) WHERE a.id = v.id
-            RETURNING 1),
-         outbox AS (
-            INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
-            SELECT o.app_id, o.seq, o.event, o.payload, o.target, $32
-            FROM UNNEST($27::uuid[], $28::int8[], $29::text[], $30::text[]::json[], $31::text[])
-                 AS o(app_id, seq, event, payload, target)
-            RETURNING 1)
-         SELECT (SELECT count(*) FROM upserted) AS calls, (SELECT count(*) FROM seqs) AS seqs,
-                (SELECT count(*) FROM outbox) AS outbox"
-    )
-});
-
-async fn write_calls_and_outbox(
-    conn: &mut PgConnection,
-    plan: &Plan,
-    now: Timestamp,
-) -> StoreResult<()> {
-    let calls = &plan.calls;
-    let logs = calls
-        .iter()
-        .map(|c| common::merge_log_to_value(&c.merge_log))
-        .collect::<StoreResult<Vec<_>>>()?;
-    let col = |f: fn(&Call) -> Option<&str>| calls.iter().map(f).collect::<Vec<_>>();
-    let ids = |f: fn(&Call) -> Option<DialpadId>| {
-        calls
-            .iter()
-            .map(|c| f(c).map(DialpadId::as_i64))
-            .collect::<Vec<_>>()
-    };
-    let times = |f: fn(&Call) -> Option<Timestamp>| calls.iter().map(f).collect::<Vec<_>>();
-    let n = plan.outbox.len();
-    let mut outbox_apps = Vec::with_capacity(n);
-    let mut outbox_seqs = Vec::with_capacity(n);
-    let mut outbox_events = Vec::with_capacity(n);
-    let mut outbox_payloads = Vec::with_capacity(n);
-    let mut outbox_targets = Vec::with_capacity(n);
-    for (app, seq, m) in &plan.outbox {
-        outbox_apps.push(app.0);
-        outbox_seqs.push(*seq);
-        outbox_events.push(m.event.as_str());
-        outbox_payloads.push(m.payload.to_string());
-        outbox_targets.push(m.target_crm_user.as_deref());
-    }
-    sqlx::query(&WRITE_SQL)
-        .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.app_id.0).collect::<Vec<_>>())
-        .bind(ids(|c| Some(c.dialpad_call_id)))
-        .bind(col(|c| c.direction.map(Direction::as_str)))
-        .bind(col(|c| c.from_number.as_deref()))
-        .bind(col(|c| c.to_number.as_deref()))
-        .bind(col(|c| Some(c.status.as_str())))
-        .bind(ids(|c| c.dialpad_user_id))
-        .bind(col(|c| c.target_type.as_deref()))
-        .bind(ids(|c| c.target_id))
-        .bind(times(|c| c.started_at))
-        .bind(times(|c| c.answered_at))
-        .bind(times(|c| c.ended_at))
-        .bind(calls.iter().map(|c| c.duration_seconds).collect::<Vec<_>>())
-        .bind(col(|c| c.recording_url.as_deref()))
-        .bind(calls.iter().map(|c| c.is_voicemail).collect::<Vec<_>>())
-        .bind(col(|c| c.voicemail_audio_url.as_deref()))
-        .bind(col(|c| c.transcript.as_deref()))
-        .bind(calls.iter().map(|c| c.held).collect::<Vec<_>>())
-        .bind(logs)
-        .bind(calls.iter().map(|c| c.last_event_ms).collect::<Vec<_>>())
-        .bind(
-            calls
-                .iter()
-                .map(|c| c.raw_payload.as_ref().map(JsonText::as_str))
-                .collect::<Vec<_>>(),
-        )
-        .bind(times(|c| Some(c.created_at)))
-        .bind(times(|c| Some(c.updated_at)))
-        .bind(plan.seqs.iter().map(|(a, _)| a.0).collect::<Vec<_>>())
-        .bind(plan.seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-        .bind(outbox_apps)
-        .bind(outbox_seqs)
-        .bind(outbox_events)
-        .bind(outbox_payloads)
-        .bind(outbox_targets)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(pg_err)?;
-    Ok(())
-}
-
-async fn upsert_voicemails(conn: &mut PgConnection, vms: &[Voicemail]) -> StoreResult<()> {
-    for chunk in vms.chunks(ROWS_PER_STATEMENT / 11) {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("INSERT INTO voicemails ({VOICEMAIL_COLS}) "));
-        q.push_values(chunk, |mut row, v| {
-            row.push_bind(v.id)
-                .push_bind(v.app_id.0)
-                .push_bind(v.dialpad_call_id.map(DialpadId::as_i64))
-                .push_bind(v.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(v.from_number.as_deref())
-                .push_bind(v.to_number.as_deref())
-                .push_bind(v.recording_url.as_deref())
-                .push_bind(v.transcript.as_deref())
-                .push_bind(v.duration_seconds)
-                .push_bind(v.created_at)
-                .push_bind(v.updated_at);
-        });
-        q.push(
-            " ON CONFLICT (id) DO UPDATE SET dialpad_call_id = EXCLUDED.dialpad_call_id, \
-             dialpad_user_id = EXCLUDED.dialpad_user_id, from_number = EXCLUDED.from_number, \
-             to_number = EXCLUDED.to_number, recording_url = EXCLUDED.recording_url, \
-             transcript = EXCLUDED.transcript, duration_seconds = EXCLUDED.duration_seconds, \
-             updated_at = EXCLUDED.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(pg_err)?;
-    }
-    Ok(())
-}
-
-async fn upsert_messages(conn: &mut PgConnection, msgs: &[Message]) -> StoreResult<()> {
-    for chunk in msgs.chunks(ROWS_PER_STATEMENT / 13) {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("INSERT INTO messages ({MESSAGE_COLS}) "));
-        q.push_values(chunk, |mut row, m| {
-            row.push_bind(m.id)
-                .push_bind(m.app_id.0)
-                .push_bind(m.dialpad_message_id.as_i64())
-                .push_bind(m.direction.map(Direction::as_str))
-                .push_bind(m.from_number.as_deref())
-                .push_bind(m.to_number.as_deref())
-                .push_bind(serde_json::Value::from(m.to_numbers.clone()))
-                .push_bind(m.text.as_deref())
-                .push_bind(m.dialpad_user_id.map(DialpadId::as_i64))
-                .push_bind(m.sent_at)
-                .push_bind(m.message_status.as_deref())
-                .push_bind(m.created_at)
-                .push_bind(m.updated_at);
-        });
-        q.push(
-            " ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET \
-             direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
-             to_number = EXCLUDED.to_number, to_numbers = EXCLUDED.to_numbers, \
-             text = EXCLUDED.text, dialpad_user_id = EXCLUDED.dialpad_user_id, \
-             sent_at = EXCLUDED.sent_at, message_status = EXCLUDED.message_status, \
-             updated_at = EXCLUDED.updated_at",
-        );
-        q.build().execute(&mut *conn).await.map_err(pg_err)?;
-    }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! completion (set-based, in `complete.rs`; algorithm in `crate::batch`) and the outbox.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,9 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
+use super::complete::{StateKeys, apply_held, plan_held, published, read_state};
 use super::rows::*;
+use super::write::{self, Firsts, InboxRows, Written};
 use crate::batch::{self, inline::Born};
 use crate::common;
 
@@ -122,6 +125,9 @@ fn tally(rows: &[sqlx::postgres::PgRow]) -> StoreResult<InboxStats> {
     Ok(s)
 }
 
+/// The inbox insert of [`insert_in`].
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| write::inbox_insert_sql(1, "true"));
+
 /// Scan window of a claim: wide enough that a few calls with many queued events do not hide
 /// other due events.
 fn claim_window(limit: usize) -> i64 {
@@ -152,19 +158,29 @@ impl InboxStore for PgStore {
         if batch::inline::is_empty(news, &results)? {
             return Ok(InsertProcessed::default());
         }
-        let _ = lease; // The rows are born finished: the transaction is the lease.
+        let _ = lease; // The rows are born finished: the statement is the lease.
         // PostgreSQL keeps microseconds: store and publish the same processing time.
         let now = chrono::SubsecRound::round_subsecs(now, 6);
-        // The apps' applier locks first (as every completion takes them), sent with the
-        // `BEGIN` (one round trip): the per-call check below then sees every event an
-        // earlier applier of these apps committed.
+        let mut conn = self.pool.acquire().await.map_err(pg_err)?;
+        let results = if self.optimistic_inline {
+            match optimistic_batch(&mut conn, news, results, now).await? {
+                Ok(report) => return Ok(report),
+                // Another applier got in between, or an event was stored already: again, under
+                // the locks.
+                Err(results) => results,
+            }
+        } else {
+            results
+        };
+        // The apps' row locks first (as every applier takes them), sent with the `BEGIN` (one
+        // round trip): the per-call check below then sees every event an earlier applier of
+        // these apps committed.
         let mut apps: Vec<Uuid> = news.iter().map(|e| e.app_id.0).collect();
         apps.sort_unstable();
         apps.dedup();
-        let mut conn = self.pool.acquire().await.map_err(pg_err)?;
         let error = match conn.begin_with(begin_locking(&apps)).await {
             Ok(mut tx) => {
-                let report = inline_batch(&mut tx, news, results, now).await?;
+                let report = locked_batch(&mut tx, news, results, now).await?;
                 tx.commit().await.map_err(pg_err)?;
                 return Ok(report);
             }
@@ -408,8 +424,43 @@ impl InboxStore for PgStore {
     }
 }
 
-/// [`InboxStore::inbox_insert_processed`] inside the transaction that holds the apps' locks.
-async fn inline_batch(
+/// [`InboxStore::inbox_insert_processed`] in two round trips, without a transaction: reads the
+/// state of the batch's calls and apps ([`read_state`]), applies the events in memory assuming
+/// each is new, and writes everything in one statement that checks the apps' generations and
+/// that every event was new ([`write::write`]). `Err` hands the results back when that check
+/// failed (nothing was written): run the batch under the locks.
+async fn optimistic_batch(
+    conn: &mut PgConnection,
+    news: &[NewInboxEvent],
+    mut results: Vec<Option<EventResult>>,
+    now: Timestamp,
+) -> StoreResult<Result<InsertProcessed, Vec<Option<EventResult>>>> {
+    let state = read_state(&mut *conn, &StateKeys::of_batch(news, &results), true).await?;
+    let claim = batch::inline::claims(news, &results, &state.blocked);
+    let firsts = Firsts::of(news);
+    let rows = InboxRows::new(
+        news,
+        &firsts.firsts,
+        Some((&batch::inline::born(&claim, &results), now)),
+    );
+    let outcomes = firsts.all_new(news);
+    let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
+    let held = held_apps(news, &order);
+    let (out, plan, gens) = plan_held(&mut *conn, &items, &held, now, Some(state)).await?;
+    if write::write(&mut *conn, &gens, rows, &plan, now).await? == Written::Stale {
+        for (&i, item) in order.iter().zip(items) {
+            results[i] = Some(item.result);
+        }
+        return Ok(Err(results));
+    }
+    let mut failed = Vec::new();
+    let report = batch::inline::report(outcomes, &order, &items, published(out, plan), &mut failed);
+    mark_failed(conn, failed, now).await?;
+    Ok(Ok(report))
+}
+
+/// [`InboxStore::inbox_insert_processed`] inside the transaction that holds the apps' row locks.
+async fn locked_batch(
     tx: &mut PgConnection,
     news: &[NewInboxEvent],
     mut results: Vec<Option<EventResult>>,
@@ -417,21 +468,35 @@ async fn inline_batch(
 ) -> StoreResult<InsertProcessed> {
     // Under the locks, one statement reads what the batch needs: the per-call order check
     // and the calls, mappings and sequence numbers the processed events will change.
-    let keys = super::complete::StateKeys::of_batch(news, &results);
-    let (state, blocked) = super::complete::read_state(&mut *tx, &keys, true).await?;
-    let claim = batch::inline::claims(news, &results, &blocked);
+    let state = read_state(&mut *tx, &StateKeys::of_batch(news, &results), true).await?;
+    let claim = batch::inline::claims(news, &results, &state.blocked);
     // Processed events are inserted finished; the transaction is the lease.
     let born = batch::inline::born(&claim, &results);
     let outcomes = insert_in(&mut *tx, news, Some((&born, now))).await?;
     let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
-    let held: HashMap<Uuid, AppId> = order
-        .iter()
-        .map(|&i| (news[i].id, news[i].app_id))
-        .collect();
-    let done = super::complete::apply_held(&mut *tx, &items, &held, now, Some(state)).await?;
+    let held = held_apps(news, &order);
+    let done = apply_held(&mut *tx, &items, &held, now, Some(state)).await?;
     let mut failed = Vec::new();
     let report = batch::inline::report(outcomes, &order, &items, done, &mut failed);
-    // The processor retries these (attempt 1 is spent, as after a failed claim).
+    mark_failed(tx, failed, now).await?;
+    Ok(report)
+}
+
+/// Event → app of the batch positions in `order`.
+fn held_apps(news: &[NewInboxEvent], order: &[usize]) -> HashMap<Uuid, AppId> {
+    order
+        .iter()
+        .map(|&i| (news[i].id, news[i].app_id))
+        .collect()
+}
+
+/// Marks events whose completion failed `failed`: the processor retries them (attempt 1 is
+/// spent, as after a failed claim).
+async fn mark_failed(
+    conn: &mut PgConnection,
+    failed: Vec<(Uuid, String)>,
+    now: Timestamp,
+) -> StoreResult<()> {
     for (id, error) in failed {
         sqlx::query(
             "UPDATE webhook_events SET status = 'failed', last_error = $1, \
@@ -440,27 +505,23 @@ async fn inline_batch(
         .bind(error)
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(pg_err)?;
     }
-    Ok(report)
+    Ok(())
 }
 
-/// `BEGIN` and the transaction-scoped applier locks of `apps` (sorted), in key order, as one
-/// simple query. The ids are formatted UUIDs, so the literal is safe.
+/// `BEGIN` and the row locks (in id order) and new generations of `apps`, as one simple query.
+/// The ids are formatted UUIDs, so the literal is safe.
 fn begin_locking(apps: &[Uuid]) -> String {
     let list: Vec<String> = apps.iter().map(Uuid::to_string).collect();
     format!(
-        "BEGIN; SELECT count(pg_advisory_xact_lock(l.k)) FROM ( \
-         SELECT DISTINCT hashtextextended('cti-app:' || a::text, 0) AS k \
-         FROM UNNEST('{{{}}}'::uuid[]) AS a ORDER BY 1) l",
-        list.join(",")
+        "BEGIN; {}",
+        write::lock_apps_sql(&format!("a.id = ANY('{{{}}}'::uuid[])", list.join(",")))
     )
 }
 
-/// Inserts `events` if absent on `(app_id, dedupe_key)` on `conn`; with `claim`, the flagged
-/// events are stored claimed (`processing`, attempt 1, leased until the given time).
 /// Inserts `events` (a key repeated in the batch keeps its first event) and reports each
 /// event's outcome. With `born`, the events that have a status are stored finished (attempt
 /// 1, processed at the given time); the others are `pending`.
@@ -469,96 +530,18 @@ async fn insert_in(
     events: &[NewInboxEvent],
     born: Option<(&[Option<Born<'_>>], Timestamp)>,
 ) -> StoreResult<Vec<InsertOutcome>> {
-    // First occurrence of each (app, dedupe_key) in the batch; later ones are duplicates of it.
-    let mut first: HashMap<(AppId, &str), usize> = HashMap::with_capacity(events.len());
-    let mut firsts: Vec<usize> = Vec::with_capacity(events.len());
-    let mut of: Vec<usize> = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
-        let idx = *first
-            .entry((e.app_id, e.dedupe_key.as_str()))
-            .or_insert_with(|| {
-                firsts.push(i);
-                i
-            });
-        of.push(idx);
-    }
+    let Firsts { firsts, of } = Firsts::of(events);
     let k = firsts.len();
-    let mut statuses: Vec<&str> = Vec::with_capacity(k);
-    let mut attempts: Vec<i32> = Vec::with_capacity(k);
-    let mut processed: Vec<Option<Timestamp>> = Vec::with_capacity(k);
-    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(k);
-    let (
-        mut ids,
-        mut apps,
-        mut keys,
-        mut types,
-        mut calls,
-        mut states,
-        mut stamps,
-        mut payloads,
-        mut received,
-    ) = (
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-    );
-    for &i in &firsts {
-        let e = &events[i];
-        ids.push(e.id);
-        apps.push(e.app_id.0);
-        keys.push(e.dedupe_key.clone());
-        types.push(e.event_type.clone());
-        calls.push(e.call_id.map(DialpadId::as_i64));
-        states.push(e.state.clone());
-        stamps.push(e.event_timestamp);
-        payloads.push(e.payload.as_str());
-        received.push(e.received_at);
-        let finished = born.and_then(|(b, at)| b.get(i).copied().flatten().map(|b| (b, at)));
-        statuses.push(finished.map_or("pending", |((status, _), _)| status.as_str()));
-        attempts.push(i32::from(finished.is_some()));
-        processed.push(finished.map(|(_, at)| at));
-        reasons.push(finished.and_then(|((_, reason), _)| reason));
-    }
-    // One statement for the whole batch (one commit). WITH ORDINALITY keeps the batch order
-    // for `arrival`.
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO webhook_events (id, app_id, dedupe_key, event_type, call_id, state, \
-         event_timestamp, payload, status, attempts, next_attempt_at, received_at, \
-         processed_at, last_error) \
-         SELECT u.id, u.app_id, u.dedupe_key, u.event_type, u.call_id, u.state, u.event_timestamp, \
-         u.payload, u.status, u.attempts, u.received_at, u.received_at, u.processed_at, \
-         u.last_error \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-         $7::int8[], $8::text[]::json[], $9::timestamptz[], $10::text[], $11::int4[], \
-         $12::timestamptz[], $13::text[]) WITH ORDINALITY \
-         AS u(id, app_id, dedupe_key, event_type, call_id, state, event_timestamp, payload, \
-         received_at, status, attempts, processed_at, last_error, ord) \
-         ORDER BY u.ord \
-         ON CONFLICT (app_id, dedupe_at, dedupe_key) DO NOTHING RETURNING id",
-    )
-    .bind(&ids)
-    .bind(&apps)
-    .bind(&keys)
-    .bind(&types)
-    .bind(&calls)
-    .bind(&states)
-    .bind(&stamps)
-    .bind(&payloads)
-    .bind(&received)
-    .bind(&statuses)
-    .bind(&attempts)
-    .bind(&processed)
-    .bind(&reasons)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(pg_err)?;
-    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    // One statement for the whole batch (one commit), in batch order (`arrival`).
+    let rows = InboxRows::new(events, &firsts, born)
+        .bind(sqlx::query(&INSERT_SQL))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(pg_err)?;
+    let inserted = rows
+        .iter()
+        .map(|r| col::<Uuid>(r, "id"))
+        .collect::<StoreResult<HashSet<Uuid>>>()?;
 
     // Resolve the ids of rows that already existed.
     let mut resolved: HashMap<usize, Uuid> = HashMap::with_capacity(k);

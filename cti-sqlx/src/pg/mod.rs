@@ -14,12 +14,18 @@
 //!   event per call per claim) are evaluated inside that serialised statement, so they hold with
 //!   any number of workers and instances.
 //! * [`InboxStore::inbox_complete_batch`](cti_core::store::InboxStore::inbox_complete_batch)
-//!   (and `inbox_complete`, a batch of one) first takes a transaction-scoped advisory lock per app
-//!   of the batch, in key order: appliers of one app serialise, so the rows a batch reads cannot
-//!   change before it commits, batches never deadlock, and each app's outbox sequence numbers
-//!   (`apps.last_event_seq`, moved under that lock) are gap-free and in commit order. The merge
-//!   itself is the pure [`cti_core::store::apply_event`]; a batch costs a constant number of
-//!   statements (`crate::batch`).
+//!   (and `inbox_complete`, a batch of one) first locks the rows of the batch's apps, in id
+//!   order, and moves their apply generations: appliers of one app serialise, so the rows a
+//!   batch reads cannot change before it commits, batches never deadlock, and each app's outbox
+//!   sequence numbers (`apps.last_event_seq`, moved under that lock) are gap-free and in commit
+//!   order. The merge itself is the pure [`cti_core::store::apply_event`]; a batch costs a
+//!   constant number of statements (`crate::batch`).
+//! * An inline batch
+//!   ([`InboxStore::inbox_insert_processed`](cti_core::store::InboxStore::inbox_insert_processed))
+//!   reads first, without locks, and writes everything in one statement that takes the same row
+//!   locks and checks that no applier moved its apps' generations since the read (see
+//!   [`PgOptions::optimistic_inline`]); if one did, or an event turns out to be stored already,
+//!   the statement leaves nothing behind and the batch runs again under the locks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +41,7 @@ mod dialpad;
 mod inbox;
 mod records;
 pub(crate) mod rows;
+mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +81,12 @@ pub struct PgOptions {
     /// How long a call waits for a connection before failing with
     /// [`StoreError::Unavailable`] (default 5 s).
     pub acquire_timeout: Duration,
+    /// Inline batches (`inbox_insert_processed`) read first and write in one statement that
+    /// checks the apps' apply generations: two round trips, and a batch that finds its apps
+    /// changed runs again under their row locks (default `true`). `false` always takes the row
+    /// locks first (five round trips per batch): for deployments where several instances
+    /// ingest for the same apps at once and batches would often run twice.
+    pub optimistic_inline: bool,
 }
 
 impl Default for PgOptions {
@@ -82,6 +95,7 @@ impl Default for PgOptions {
             schema: "cti".into(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            optimistic_inline: true,
         }
     }
 }
@@ -125,6 +139,8 @@ pub struct PgStore {
     schema: Arc<str>,
     /// Advisory lock key serialising inbox claims of this schema.
     claim_lock: i64,
+    /// See [`PgOptions::optimistic_inline`].
+    optimistic_inline: bool,
     /// Value kept alive as long as any clone of the store (see [`PgStore::with_guard`]).
     #[allow(dead_code)] // held only for its drop
     guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -180,7 +196,8 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(pg_err)?;
-        let store = Self::from_pool_unchecked(pool, &opts.schema);
+        let mut store = Self::from_pool_unchecked(pool, &opts.schema);
+        store.optimistic_inline = opts.optimistic_inline;
         store.create_schema().await?;
         Ok(store)
     }
@@ -198,6 +215,7 @@ impl PgStore {
             pool,
             schema: schema.into(),
             claim_lock,
+            optimistic_inline: true,
             guard: None,
         }
     }
