@@ -5,7 +5,7 @@
 //!
 //! `inbox_complete` is `inbox_complete_batch` of one item, and a batch is completed in ONE
 //! write transaction (SQLite: on the single writer connection, `BEGIN IMMEDIATE`; PostgreSQL:
-//! after per-app advisory locks taken in key order) with a constant number of statements — see
+//! after locking the apps' rows in id order) with a constant number of statements — see
 //! `crate::batch` for the steps: lease check and status change of every item in one
 //! `UPDATE … RETURNING` (an item whose event is no longer `processing` with its `attempt` gets
 //! [`StoreError::LeaseLost`] and changes nothing), one read per record kind, the pure

@@ -42,7 +42,8 @@ const STALE_BATCH: &str = "CT001";
 /// generations: the first statement of every locked applying transaction.
 pub(super) fn lock_apps_sql(predicate: &str) -> String {
     format!(
-        "WITH l AS (SELECT a.id FROM apps a WHERE {predicate} ORDER BY a.id FOR NO KEY UPDATE OF a) \
+        "WITH l AS MATERIALIZED (SELECT a.id FROM apps a WHERE {predicate} ORDER BY a.id \
+         FOR NO KEY UPDATE OF a) \
          UPDATE apps a SET apply_gen = a.apply_gen + 1 FROM l WHERE a.id = l.id"
     )
 }
@@ -310,7 +311,7 @@ const P_NEW_ROWS: usize = P_NOW + 1;
 static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
     const FRESH: &str = "(SELECT ok FROM fresh)";
     format!(
-        "WITH lk AS (
+        "WITH lk AS MATERIALIZED (
             SELECT a.id, a.apply_gen FROM apps a WHERE a.id = ANY($1::uuid[])
             ORDER BY a.id FOR NO KEY UPDATE OF a),
          fresh AS (
