@@ -474,24 +474,7 @@ async fn an_inline_batch_that_read_stale_state_runs_again_under_the_lock() {
         })
     };
     // The batch has read (its read takes no lock) and now waits for the app's row.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%apply_gen%' AND pid <> pg_backend_pid() AND datname = current_database()";
-    let mut probe = db.conn().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar(waiting)
-            .fetch_one(&mut probe)
-            .await
-            .unwrap();
-        if n > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch never waited for the app's row"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_waiting(&db, 1).await;
     tx.commit().await.unwrap();
 
     let done = batch.await.unwrap().unwrap();
@@ -509,6 +492,138 @@ async fn an_inline_batch_that_read_stale_state_runs_again_under_the_lock() {
         .unwrap();
     assert_eq!(got.status, CallStatus::Ringing);
     assert_eq!(s.inbox_stats().await.unwrap().done, 1);
+    assert_eq!(s.inline_reruns(), 1, "one optimistic batch ran again");
+}
+
+/// Waits until `n` sessions wait for a lock on a statement that moves an apply generation.
+async fn until_waiting(db: &TestDb, n: i64) {
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%apply_gen%' AND pid <> pg_backend_pid() AND datname = current_database()";
+    let mut probe = db.conn().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: i64 = sqlx::query_scalar(waiting)
+            .fetch_one(&mut probe)
+            .await
+            .unwrap();
+        if got >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{got} of {n} batches waited for the app's row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Pipelined inline batches: a batch read while the previous batch's write still waits lays
+/// that batch over what it read, expects the generation it will set, and so writes
+/// optimistically right after it — no rerun — with the call and the outbox
+/// numbering as if the two had run one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_while_the_previous_one_writes_builds_on_it() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::new("pipe").await else {
+        return;
+    };
+    let s = Arc::new(db.store().await);
+    let app = s
+        .create_app(
+            NewApp {
+                id: AppId::new(),
+                name: "P".into(),
+                key: NewKey {
+                    lookup: "6".repeat(64),
+                    hint: "h".into(),
+                },
+                now: t0(),
+            },
+            AuditContext::default(),
+        )
+        .await
+        .unwrap();
+    s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
+        .await
+        .unwrap();
+    let call = 4_000_002;
+    let events = lifecycle(call);
+
+    // Something else holds the app's row (without applying anything): the first batch's write
+    // waits, the second batch reads and plans meanwhile.
+    let mut other = db.conn().await;
+    let mut tx = other.begin().await.unwrap();
+    let hold = format!(
+        "SELECT 1 FROM \"{}\".apps WHERE id = $1 FOR UPDATE",
+        db.schema
+    );
+    sqlx::query(&hold)
+        .bind(app.id.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let spawn = |i: usize| {
+        let s = s.clone();
+        let n = events[i].clone();
+        let event = NewInboxEvent {
+            id: Uuid::now_v7(),
+            app_id: app.id,
+            dedupe_key: format!("e{i}"),
+            event_type: Some("call".into()),
+            call_id: Some(DialpadId(call)),
+            state: None,
+            event_timestamp: n.call.as_ref().map(|c| c.event_ms),
+            payload: serde_json::json!({}).into(),
+            received_at: t0(),
+        };
+        tokio::spawn(async move {
+            s.inbox_insert_processed(
+                std::slice::from_ref(&event),
+                vec![Some(EventResult::Apply(Box::new(n)))],
+                Duration::from_secs(30),
+                t0(),
+            )
+            .await
+        })
+    };
+    let first = spawn(0);
+    until_waiting(&db, 1).await;
+    let second = spawn(1);
+    // The second batch has read and planned (on top of the first) and waits for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.inline_batches_in_flight() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second batch never planned"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tx.rollback().await.unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(
+        (first.processed, second.processed),
+        (vec![true], vec![true])
+    );
+    assert_eq!(s.inline_reruns(), 0, "both batches wrote optimistically");
+    let seqs: Vec<u64> = first
+        .published
+        .iter()
+        .chain(&second.published)
+        .map(|p| p.seq)
+        .collect();
+    let n = seqs.len() as u64;
+    assert!(n >= 2, "{seqs:?}");
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "numbered in write order");
+    assert_eq!(s.event_heads().await.unwrap(), vec![(app.id, n)]);
+    let got = s
+        .get_call_by_dialpad_id(app.id, DialpadId(call))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data(&got), data(&sequential(app.id, &events[..2])));
 }
 
 /// Two instances (separate pools) ingest the interleaved calls of two apps with inline batches

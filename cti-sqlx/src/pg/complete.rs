@@ -14,7 +14,7 @@
 //!   generation and run again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use chrono::SubsecRound;
 use cti_core::model::*;
@@ -24,9 +24,10 @@ use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::PgStore;
+use super::pipeline::{self, Overlay};
 use super::rows::*;
 use super::write::{self, InboxRows, Written};
-use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
+use crate::batch::{self, Item, Key, Keys, Loaded, Plan, qualified};
 use crate::common;
 
 /// Row locks (in id order) and new generations of the apps of the given events.
@@ -105,9 +106,10 @@ pub(super) async fn apply_held(
     now: Timestamp,
     state: Option<State>,
 ) -> StoreResult<Vec<StoreResult<Vec<PublishedEvent>>>> {
-    let (out, plan, gens) = plan_held(&mut *tx, items, held, now, state).await?;
+    let (out, plan, gens) = plan_held(&mut *tx, items, held, now, state, &[]).await?;
     if !plan.writes_nothing() {
         // Under the row locks the generations cannot have moved.
+        let gens = pipeline::next_gens(&gens);
         if write::write(&mut *tx, &gens, InboxRows::default(), &plan, now).await? == Written::Stale
         {
             return Err(StoreError::Backend(
@@ -120,13 +122,15 @@ pub(super) async fn apply_held(
 
 /// Applies the `held` items in memory: their initial results (see [`batch::split`]), the plan
 /// to write, and the generations of the apps it was planned from (to pass to [`write::write`]).
-/// Reads the records the items touch beyond `state`.
+/// Reads the records the items touch beyond `state`, with `overlays` (the in-flight batches of
+/// [`pipeline`], oldest first) laid over the voicemails and messages read.
 pub(super) async fn plan_held(
     conn: &mut PgConnection,
     items: &[Completion],
     held: &HashMap<Uuid, AppId>,
     now: Timestamp,
     state: Option<State>,
+    overlays: &[Arc<Overlay>],
 ) -> StoreResult<(
     Vec<StoreResult<Vec<PublishedEvent>>>,
     Plan,
@@ -145,7 +149,10 @@ pub(super) async fn plan_held(
         Some(state) => state,
         None => read_state(&mut *conn, &StateKeys::of_items(&applying), false).await?,
     };
-    load_records(&mut *conn, &applying, &mut loaded).await?;
+    let keys = load_records(&mut *conn, &applying, &mut loaded).await?;
+    for o in overlays {
+        o.apply_records(&mut loaded, &keys);
+    }
     let plan = loop {
         match batch::plan(&applying, &loaded, now)? {
             Ok(plan) => break plan,
@@ -403,12 +410,12 @@ pub(super) async fn read_state(
 }
 
 /// Adds the voicemails and messages `items` touch to `loaded` (one statement per kind, only
-/// when some item has one).
+/// when some item has one); returns the keys `items` touch.
 async fn load_records(
     conn: &mut PgConnection,
     items: &[Item<'_>],
     loaded: &mut Loaded,
-) -> StoreResult<()> {
+) -> StoreResult<Keys> {
     let keys = batch::keys(items);
     let vms = by_keys(
         conn,
@@ -436,7 +443,7 @@ async fn load_records(
         let m = message_from_row(&r)?;
         loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
     }
-    Ok(())
+    Ok(keys)
 }
 
 /// The CRM users mapped to `users` (keys without a mapping are absent).

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::complete::{StateKeys, apply_held, plan_held, published, read_state};
+use super::pipeline::{self, Overlay, Pipeline};
 use super::rows::*;
 use super::write::{self, Firsts, InboxRows, Written};
 use crate::batch::{self, inline::Born};
@@ -162,15 +163,16 @@ impl InboxStore for PgStore {
         // PostgreSQL keeps microseconds: store and publish the same processing time.
         let now = chrono::SubsecRound::round_subsecs(now, 6);
         let mut conn = self.pool.acquire().await.map_err(pg_err)?;
-        let results = if self.optimistic_inline {
-            match optimistic_batch(&mut conn, news, results, now).await? {
+        // Held until the locked run below is over (see `pipeline`).
+        let (results, _hold) = if self.optimistic_inline {
+            match optimistic_batch(&self.pipeline, &mut conn, news, results, now).await? {
                 Ok(report) => return Ok(report),
                 // Another applier got in between, or an event was stored already: again, under
                 // the locks.
-                Err(results) => results,
+                Err(fallback) => (fallback.results, fallback.hold),
             }
         } else {
-            results
+            (results, None)
         };
         // The apps' row locks first (as every applier takes them), sent with the `BEGIN` (one
         // round trip): the per-call check below then sees every event an earlier applier of
@@ -424,39 +426,99 @@ impl InboxStore for PgStore {
     }
 }
 
+/// An optimistic batch that must run under the locks: its results, and — when its write found
+/// its state stale — the planning stage and its registration, held until that run is over so
+/// that no batch plans on top of it meanwhile.
+struct Fallback<'a> {
+    results: Vec<Option<EventResult>>,
+    hold: Option<(tokio::sync::MutexGuard<'a, ()>, pipeline::Registered<'a>)>,
+}
+
 /// [`InboxStore::inbox_insert_processed`] in two round trips, without a transaction: reads the
-/// state of the batch's calls and apps ([`read_state`]), applies the events in memory assuming
-/// each is new, and writes everything in one statement that checks the apps' generations and
-/// that every event was new ([`write::write`]). `Err` hands the results back when that check
-/// failed (nothing was written): run the batch under the locks.
-async fn optimistic_batch(
+/// state of the batch's calls and apps ([`read_state`]) and lays the batches whose writes are
+/// in flight over it ([`pipeline`]), applies the events in memory assuming each is new, and
+/// writes everything in one statement that checks the apps' generations and that every event
+/// was new ([`write::write`]). `Err` when that check failed (nothing was written), or when the
+/// batches it planned on kept failing: run the batch under the locks.
+async fn optimistic_batch<'a>(
+    pipeline: &'a Pipeline,
     conn: &mut PgConnection,
     news: &[NewInboxEvent],
     mut results: Vec<Option<EventResult>>,
     now: Timestamp,
-) -> StoreResult<Result<InsertProcessed, Vec<Option<EventResult>>>> {
-    let state = read_state(&mut *conn, &StateKeys::of_batch(news, &results), true).await?;
-    let claim = batch::inline::claims(news, &results, &state.blocked);
+) -> StoreResult<Result<InsertProcessed, Fallback<'a>>> {
     let firsts = Firsts::of(news);
-    let rows = InboxRows::new(
-        news,
-        &firsts.firsts,
-        Some((&batch::inline::born(&claim, &results), now)),
-    );
-    let outcomes = firsts.all_new(news);
-    let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
-    let held = held_apps(news, &order);
-    let (out, plan, gens) = plan_held(&mut *conn, &items, &held, now, Some(state)).await?;
-    if write::write(&mut *conn, &gens, rows, &plan, now).await? == Written::Stale {
-        for (&i, item) in order.iter().zip(items) {
-            results[i] = Some(item.result);
+    let keys = StateKeys::of_batch(news, &results);
+    for _ in 0..pipeline::REPLANS {
+        // Stage 1, one batch at a time: read, lay the in-flight batches over it, plan,
+        // register.
+        let planning = pipeline.planning.lock().await;
+        let overlays = pipeline.in_flight();
+        let mut state = read_state(&mut *conn, &keys, true).await?;
+        for o in &overlays {
+            o.apply_state(&mut state, &keys);
         }
-        return Ok(Err(results));
+        let claim = batch::inline::claims(news, &results, &state.blocked);
+        let rows = InboxRows::new(
+            news,
+            &firsts.firsts,
+            Some((&batch::inline::born(&claim, &results), now)),
+        );
+        let outcomes = firsts.all_new(news);
+        let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
+        let held = held_apps(news, &order);
+        let (out, plan, gens) =
+            plan_held(&mut *conn, &items, &held, now, Some(state), &overlays).await?;
+        let gens = pipeline::next_gens(&gens);
+        let overlay = Overlay::of(
+            &plan,
+            gens.iter().map(|&(app, _, next)| (app, next)),
+            news,
+            |i| firsts.of[i] == i && !claim[i],
+        );
+        let registered = pipeline.register(overlay);
+        drop(planning);
+        // Stage 2: once the batches planned on have finished, and only if they committed what
+        // this plan assumed.
+        let mut planned_on_committed = true;
+        for o in &overlays {
+            planned_on_committed &= o.committed().await;
+        }
+        if !planned_on_committed {
+            drop(registered);
+            restore(&mut results, &order, items);
+            continue;
+        }
+        match write::write(&mut *conn, &gens, rows, &plan, now).await? {
+            Written::Done => registered.committed(),
+            Written::Stale => {
+                pipeline.rerun();
+                restore(&mut results, &order, items);
+                let planning = pipeline.planning.lock().await;
+                return Ok(Err(Fallback {
+                    results,
+                    hold: Some((planning, registered)),
+                }));
+            }
+        }
+        let mut failed = Vec::new();
+        let report =
+            batch::inline::report(outcomes, &order, &items, published(out, plan), &mut failed);
+        mark_failed(conn, failed, now).await?;
+        return Ok(Ok(report));
     }
-    let mut failed = Vec::new();
-    let report = batch::inline::report(outcomes, &order, &items, published(out, plan), &mut failed);
-    mark_failed(conn, failed, now).await?;
-    Ok(Ok(report))
+    pipeline.rerun();
+    Ok(Err(Fallback {
+        results,
+        hold: None,
+    }))
+}
+
+/// Hands the results the completions `items` (at batch positions `order`) took back.
+fn restore(results: &mut [Option<EventResult>], order: &[usize], items: Vec<Completion>) {
+    for (&i, item) in order.iter().zip(items) {
+        results[i] = Some(item.result);
+    }
 }
 
 /// [`InboxStore::inbox_insert_processed`] inside the transaction that holds the apps' row locks.

@@ -39,6 +39,7 @@ mod bus;
 mod complete;
 mod dialpad;
 mod inbox;
+mod pipeline;
 mod records;
 pub(crate) mod rows;
 mod write;
@@ -141,6 +142,8 @@ pub struct PgStore {
     claim_lock: i64,
     /// See [`PgOptions::optimistic_inline`].
     optimistic_inline: bool,
+    /// The optimistic inline batches in flight (shared by the clones).
+    pipeline: Arc<pipeline::Pipeline>,
     /// Value kept alive as long as any clone of the store (see [`PgStore::with_guard`]).
     #[allow(dead_code)] // held only for its drop
     guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -216,6 +219,7 @@ impl PgStore {
             schema: schema.into(),
             claim_lock,
             optimistic_inline: true,
+            pipeline: Arc::default(),
             guard: None,
         }
     }
@@ -301,6 +305,21 @@ impl PgStore {
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// How many optimistic inline batches of this store (and its clones) found that another
+    /// applier had changed their apps, or that an event was stored already, and ran again
+    /// under the apps' row locks (see [`PgOptions::optimistic_inline`]). A steadily rising
+    /// count means instances contend for the same apps.
+    pub fn inline_reruns(&self) -> u64 {
+        self.pipeline.reruns()
+    }
+
+    /// Optimistic inline batches that have planned and not finished writing (tests use it to
+    /// line batches up).
+    #[doc(hidden)]
+    pub fn inline_batches_in_flight(&self) -> usize {
+        self.pipeline.in_flight().len()
     }
 
     /// Closes the pool, waiting for checked-out connections to be returned.

@@ -10,7 +10,8 @@
 //!   and commit in order;
 //! * a reader that saw generation `g` of every app it depends on, and later finds the same
 //!   generations under the apps' row locks, knows that no applier committed in between: what
-//!   it read is still current;
+//!   it read is still current (optimistic writes set a random generation, locked transactions
+//!   add one; either way a generation is never set back to one a reader saw);
 //! * no two appliers deadlock: each takes its apps' row locks first, in one global order, and
 //!   only then touches the apps' events, calls and records.
 //!
@@ -288,7 +289,7 @@ const MESSAGE_TYPES: [&str; 13] = [
 
 /// First parameter of each part of [`WRITE_SQL`]: `$1`–`$3` the apps (ids, generations read,
 /// new sequence heads), then the inbox rows, calls, outbox, voicemails, messages, the outbox
-/// time and the number of inbox rows that must be new.
+/// time, the number of inbox rows that must be new and the apps' new generations.
 const P_INBOX: usize = 4;
 const P_CALLS: usize = P_INBOX + INBOX_TYPES.len();
 const P_OUTBOX: usize = P_CALLS + CALL_TYPES.len();
@@ -296,6 +297,7 @@ const P_VOICEMAILS: usize = P_OUTBOX + OUTBOX_TYPES.len();
 const P_MESSAGES: usize = P_VOICEMAILS + VOICEMAIL_TYPES.len();
 const P_NOW: usize = P_MESSAGES + MESSAGE_TYPES.len();
 const P_NEW_ROWS: usize = P_NOW + 1;
+const P_NEXT_GENS: usize = P_NEW_ROWS + 1;
 
 /// Everything an applying transaction writes, in one statement:
 ///
@@ -319,9 +321,9 @@ static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
             FROM lk JOIN UNNEST($1::uuid[], $2::int8[]) AS v(id, gen)
               ON v.id = lk.id AND v.gen = lk.apply_gen),
          bumped AS (
-            UPDATE apps a SET apply_gen = a.apply_gen + 1,
+            UPDATE apps a SET apply_gen = v.next,
                 last_event_seq = COALESCE(v.seq, a.last_event_seq)
-            FROM UNNEST($1::uuid[], $3::int8[]) AS v(id, seq)
+            FROM UNNEST($1::uuid[], $3::int8[], ${P_NEXT_GENS}::int8[]) AS v(id, seq, next)
             WHERE a.id = v.id AND {FRESH}
             RETURNING 1),
          inserted AS ({inbox}),
@@ -384,26 +386,26 @@ pub(super) enum Written {
     Stale,
 }
 
-/// Writes `inbox` (all of whose rows must be new) and `plan` for the apps of `gens` (each
-/// app's generation as read; every app whose state the plan depends on, and every app of
-/// `plan.seqs`) in one statement ([`WRITE_SQL`]). Outside a transaction the statement commits
-/// on its own.
+/// Writes `inbox` (all of whose rows must be new) and `plan` for the apps of `gens` — `(app,
+/// generation read, generation to set)` for every app whose state the plan depends on, and
+/// every app of `plan.seqs` — in one statement ([`WRITE_SQL`]). Outside a transaction the
+/// statement commits on its own.
 pub(super) async fn write(
     conn: &mut PgConnection,
-    gens: &[(AppId, i64)],
+    gens: &[(AppId, i64, i64)],
     inbox: InboxRows<'_>,
     plan: &Plan,
     now: Timestamp,
 ) -> StoreResult<Written> {
-    let mut apps: Vec<(AppId, i64)> = gens.to_vec();
-    apps.sort_unstable_by_key(|(a, _)| a.0);
-    apps.dedup_by_key(|(a, _)| *a);
+    let mut apps: Vec<(AppId, i64, i64)> = gens.to_vec();
+    apps.sort_unstable_by_key(|(a, _, _)| a.0);
+    apps.dedup_by_key(|(a, _, _)| *a);
     let seq_of = |app: AppId| plan.seqs.iter().find_map(|&(a, s)| (a == app).then_some(s));
-    let seqs: Vec<Option<i64>> = apps.iter().map(|&(a, _)| seq_of(a)).collect();
+    let seqs: Vec<Option<i64>> = apps.iter().map(|&(a, _, _)| seq_of(a)).collect();
     if let Some(&(missing, _)) = plan
         .seqs
         .iter()
-        .find(|(a, _)| !apps.iter().any(|(b, _)| b == a))
+        .find(|(a, _)| !apps.iter().any(|(b, _, _)| b == a))
     {
         return Err(cti_core::store::StoreError::Backend(format!(
             "apply: no generation read for app {}",
@@ -412,15 +414,16 @@ pub(super) async fn write(
     }
     let new_rows = i32::try_from(inbox.len()).unwrap_or(i32::MAX);
     let q = sqlx::query(&WRITE_SQL)
-        .bind(apps.iter().map(|(a, _)| a.0).collect::<Vec<_>>())
-        .bind(apps.iter().map(|&(_, g)| g).collect::<Vec<_>>())
+        .bind(apps.iter().map(|(a, _, _)| a.0).collect::<Vec<_>>())
+        .bind(apps.iter().map(|&(_, read, _)| read).collect::<Vec<_>>())
         .bind(seqs);
     let q = inbox.bind(q);
     let q = bind_calls(q, &plan.calls)?;
     let q = bind_outbox(q, plan);
     let q = bind_voicemails(q, &plan.voicemails);
     let q = bind_messages(q, &plan.messages)?;
-    match q.bind(now).bind(new_rows).execute(conn).await {
+    let next: Vec<i64> = apps.iter().map(|&(_, _, next)| next).collect();
+    match q.bind(now).bind(new_rows).bind(next).execute(conn).await {
         Ok(_) => Ok(Written::Done),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(STALE_BATCH) => {
             Ok(Written::Stale)

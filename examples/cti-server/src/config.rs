@@ -345,14 +345,20 @@ impl ServerConfig {
         };
         // Inline processing (the ingest transaction also processes the batch), on both backends:
         // an acknowledged webhook is already applied and published, and processing keeps up
-        // with any ingest rate. On PostgreSQL it serialises an app's ingest commits behind its
-        // applier lock, so its peak ingest rate is lower than with the processor path
-        // (`INLINE_PROCESSING=false`, which takes bursts faster and processes them afterwards);
-        // one ingest writer (docs/operations.md).
+        // with any ingest rate. On PostgreSQL it serialises an app's ingest writes behind its
+        // row lock, so its peak ingest rate is lower than with the processor path
+        // (`INLINE_PROCESSING=false`, which takes bursts faster and processes them afterwards).
+        // Ingest writers: SQLite has one writer connection; PostgreSQL's inline batches run
+        // in a two-stage pipeline (the next batch reads while the last one writes), which two
+        // writers fill (docs/operations.md).
         let inline_processing = parse_bool("INLINE_PROCESSING", true)?;
         let ingest_writers: usize = parse_num(
             "INGEST_WRITERS",
-            if sqlite || inline_processing { 1 } else { 4 },
+            match (sqlite, inline_processing) {
+                (true, _) => 1,
+                (false, true) => 2,
+                (false, false) => 4,
+            },
         )?
         .max(1);
         let defaults = RateLimits::default();
