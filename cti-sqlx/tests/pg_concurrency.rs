@@ -130,21 +130,7 @@ async fn concurrent_completes_of_one_call_equal_the_sequential_merge() {
     };
     let s1 = Arc::new(db.store_with(opts.clone()).await);
     let s2 = Arc::new(db.store_with(opts).await); // second pool, same schema
-    let app = s1
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "C".into(),
-                key: NewKey {
-                    lookup: "0".repeat(64),
-                    hint: "h".into(),
-                },
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let app = new_app(&s1, "0").await;
     s1.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
         .await
         .unwrap();
@@ -275,12 +261,48 @@ async fn batched_workers_on_two_pools_drain_interleaved_calls() {
     drain("drain_batched", true).await;
 }
 
-async fn drain(name: &str, batched: bool) {
-    let Some(db) = TestDb::new(name).await else {
-        return;
-    };
+/// Completions applying the claimed events' lifecycle updates (by dedupe key).
+fn applying(
+    claimed: &[InboxEvent],
+    by_key: &std::collections::HashMap<String, Normalized>,
+) -> Vec<Completion> {
+    claimed
+        .iter()
+        .map(|e| Completion {
+            event_id: e.id,
+            attempt: e.attempts,
+            result: EventResult::Apply(Box::new(by_key[&e.dedupe_key].clone())),
+        })
+        .collect()
+}
+
+/// A new app whose key lookup repeats `digit`.
+async fn new_app(s: &PgStore, digit: &str) -> App {
+    s.create_app(
+        NewApp {
+            id: AppId::new(),
+            name: format!("App {digit}"),
+            key: NewKey {
+                lookup: digit.repeat(64),
+                hint: "h".into(),
+            },
+            now: t0(),
+        },
+        AuditContext::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Two stores on separate pools of `max_connections` over `db`'s schema, and two apps whose
+/// key lookups repeat `digits`.
+async fn two_pools_two_apps(
+    db: &TestDb,
+    max_connections: u32,
+    digits: [&str; 2],
+) -> ([Arc<PgStore>; 2], Vec<AppId>) {
     let opts = PgOptions {
-        max_connections: 6,
+        max_connections,
         ..PgOptions::default()
     };
     let stores = [
@@ -288,24 +310,48 @@ async fn drain(name: &str, batched: bool) {
         Arc::new(db.store_with(opts).await),
     ];
     let mut apps = Vec::new();
-    for digit in ["1", "2"] {
-        let app = stores[0]
-            .create_app(
-                NewApp {
-                    id: AppId::new(),
-                    name: format!("D{digit}"),
-                    key: NewKey {
-                        lookup: digit.repeat(64),
-                        hint: "h".into(),
-                    },
-                    now: t0(),
-                },
-                AuditContext::default(),
-            )
-            .await
-            .unwrap();
+    for digit in digits {
+        let app = new_app(&stores[0], digit).await;
         apps.push(app.id);
     }
+    (stores, apps)
+}
+
+/// Every call (the `k`-th belongs to `apps[k % 2]`) equals the sequential merge of its
+/// lifecycle, read through the second store, and each app's outbox is numbered 1…n.
+async fn assert_sequential_and_gap_free(
+    stores: &[Arc<PgStore>; 2],
+    apps: &[AppId],
+    calls: Vec<u64>,
+) {
+    for (k, call) in calls.into_iter().enumerate() {
+        let app = apps[k % 2];
+        let got = stores[1]
+            .get_call_by_dialpad_id(app, DialpadId(call))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            data(&got),
+            data(&sequential(app, &lifecycle(call))),
+            "call {call}"
+        );
+    }
+    for &app in apps {
+        let all = stores[0].events_since(app, 0, 100_000).await.unwrap();
+        assert!(!all.is_empty());
+        assert!(
+            all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
+            "gap or duplicate in the outbox numbering"
+        );
+    }
+}
+
+async fn drain(name: &str, batched: bool) {
+    let Some(db) = TestDb::new(name).await else {
+        return;
+    };
+    let (stores, apps) = two_pools_two_apps(&db, 6, ["1", "2"]).await;
     let calls: Vec<u64> = (0..20).map(|i| 7_000_000 + i).collect();
     let mut new = Vec::new();
     let mut by_key = std::collections::HashMap::new();
@@ -350,14 +396,7 @@ async fn drain(name: &str, batched: bool) {
                 }
                 idle = 0;
                 if batched {
-                    let items = claimed
-                        .iter()
-                        .map(|e| Completion {
-                            event_id: e.id,
-                            attempt: e.attempts,
-                            result: EventResult::Apply(Box::new(by_key[&e.dedupe_key].clone())),
-                        })
-                        .collect();
+                    let items = applying(&claimed, &by_key);
                     for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
                         r.unwrap();
                         done += 1;
@@ -385,24 +424,7 @@ async fn drain(name: &str, batched: bool) {
         done += t.await.unwrap();
     }
     assert_eq!(done, calls.len() * 8, "every event applied exactly once");
-    for (k, call) in calls.into_iter().enumerate() {
-        let app = apps[k % 2];
-        let got = stores[1]
-            .get_call_by_dialpad_id(app, DialpadId(call))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            data(&got),
-            data(&sequential(app, &lifecycle(call))),
-            "call {call}"
-        );
-    }
-    for app in apps {
-        let all = stores[0].events_since(app, 0, 100_000).await.unwrap();
-        assert!(!all.is_empty());
-        assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
-    }
+    assert_sequential_and_gap_free(&stores, &apps, calls).await;
 }
 
 /// An inline batch that read its app before another applier committed finds the app's
@@ -416,21 +438,7 @@ async fn an_inline_batch_that_read_stale_state_runs_again_under_the_lock() {
         return;
     };
     let s = Arc::new(db.store().await);
-    let app = s
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "S".into(),
-                key: NewKey {
-                    lookup: "5".repeat(64),
-                    hint: "h".into(),
-                },
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let app = new_app(&s, "5").await;
 
     // Another applier, mid-transaction: it holds the app's row, moved its generation and
     // assigned five outbox numbers.
@@ -529,21 +537,7 @@ async fn a_batch_read_while_the_previous_one_writes_builds_on_it() {
         return;
     };
     let s = Arc::new(db.store().await);
-    let app = s
-        .create_app(
-            NewApp {
-                id: AppId::new(),
-                name: "P".into(),
-                key: NewKey {
-                    lookup: "6".repeat(64),
-                    hint: "h".into(),
-                },
-                now: t0(),
-            },
-            AuditContext::default(),
-        )
-        .await
-        .unwrap();
+    let app = new_app(&s, "6").await;
     s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
         .await
         .unwrap();
@@ -636,33 +630,7 @@ async fn inline_batches_and_processors_on_two_pools_equal_the_sequential_merge()
     let Some(db) = TestDb::new("inline_race").await else {
         return;
     };
-    let opts = PgOptions {
-        max_connections: 4,
-        ..PgOptions::default()
-    };
-    let stores = [
-        Arc::new(db.store_with(opts.clone()).await),
-        Arc::new(db.store_with(opts).await),
-    ];
-    let mut apps = Vec::new();
-    for digit in ["3", "4"] {
-        let app = stores[0]
-            .create_app(
-                NewApp {
-                    id: AppId::new(),
-                    name: format!("I{digit}"),
-                    key: NewKey {
-                        lookup: digit.repeat(64),
-                        hint: "h".into(),
-                    },
-                    now: t0(),
-                },
-                AuditContext::default(),
-            )
-            .await
-            .unwrap();
-        apps.push(app.id);
-    }
+    let (stores, apps) = two_pools_two_apps(&db, 4, ["3", "4"]).await;
     let calls: Vec<u64> = (0..60).map(|i| 8_000_000 + i).collect();
     let mut queued = Vec::new();
     let mut inline = Vec::new();
@@ -748,14 +716,7 @@ async fn inline_batches_and_processors_on_two_pools_equal_the_sequential_merge()
                     continue;
                 }
                 idle = 0;
-                let items = claimed
-                    .iter()
-                    .map(|e| Completion {
-                        event_id: e.id,
-                        attempt: e.attempts,
-                        result: EventResult::Apply(Box::new(by_key[&e.dedupe_key].clone())),
-                    })
-                    .collect();
+                let items = applying(&claimed, &by_key);
                 for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
                     r.unwrap();
                     done += 1;
@@ -771,25 +732,5 @@ async fn inline_batches_and_processors_on_two_pools_equal_the_sequential_merge()
     assert_eq!(applied, total, "every event applied exactly once");
     let st = stores[0].inbox_stats().await.unwrap();
     assert_eq!(st.done, total as u64);
-    for (k, call) in calls.into_iter().enumerate() {
-        let app = apps[k % 2];
-        let got = stores[1]
-            .get_call_by_dialpad_id(app, DialpadId(call))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            data(&got),
-            data(&sequential(app, &lifecycle(call))),
-            "call {call}"
-        );
-    }
-    for app in apps {
-        let all = stores[0].events_since(app, 0, 100_000).await.unwrap();
-        assert!(!all.is_empty());
-        assert!(
-            all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1),
-            "gap or duplicate in the outbox numbering"
-        );
-    }
+    assert_sequential_and_gap_free(&stores, &apps, calls).await;
 }

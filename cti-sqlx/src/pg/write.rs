@@ -10,8 +10,9 @@
 //!   and commit in order;
 //! * a reader that saw generation `g` of every app it depends on, and later finds the same
 //!   generations under the apps' row locks, knows that no applier committed in between: what
-//!   it read is still current (optimistic writes set a random generation, locked transactions
-//!   add one; either way a generation is never set back to one a reader saw);
+//!   it read is still current (optimistic writes set a random 64-bit generation, locked
+//!   transactions add one: short of a 64-bit coincidence, a generation a reader saw does not
+//!   come back);
 //! * no two appliers deadlock: each takes its apps' row locks first, in one global order, and
 //!   only then touches the apps' events, calls and records.
 //!
@@ -49,32 +50,34 @@ pub(super) fn lock_apps_sql(predicate: &str) -> String {
     )
 }
 
-/// `UNNEST($first::types[0], $first+1::types[1], …)`.
-fn unnest(first: usize, types: &[&str]) -> String {
+/// `UNNEST($first::t0, $first+1::t1, …)` for the comma-separated types `types`.
+fn unnest(first: usize, types: &str) -> String {
     let args: Vec<String> = types
-        .iter()
+        .split(',')
+        .map(str::trim)
         .enumerate()
         .map(|(i, t)| format!("${}::{t}", first + i))
         .collect();
     format!("UNNEST({})", args.join(", "))
 }
 
+/// The number of comma-separated items of `list`.
+const fn count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let mut n = 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
 /// Column types of [`InboxRows`], in bind order.
-const INBOX_TYPES: [&str; 13] = [
-    "uuid[]",
-    "uuid[]",
-    "text[]",
-    "text[]",
-    "int8[]",
-    "text[]",
-    "int8[]",
-    "text[]::json[]",
-    "timestamptz[]",
-    "text[]",
-    "int4[]",
-    "timestamptz[]",
-    "text[]",
-];
+const INBOX_TYPES: &str = "uuid[], uuid[], text[], text[], int8[], text[], int8[], \
+    text[]::json[], timestamptz[], text[], int4[], timestamptz[], text[]";
 
 /// Inserts the inbox rows bound at `$first…` (see [`InboxRows`]) if absent on
 /// `(app_id, dedupe_at, dedupe_key)`, in batch order (`arrival`), only when `guard` holds;
@@ -93,7 +96,7 @@ pub(super) fn inbox_insert_sql(first: usize, guard: &str) -> String {
          WHERE {guard} \
          ORDER BY u.ord \
          ON CONFLICT (app_id, dedupe_at, dedupe_key) DO NOTHING RETURNING id",
-        unnest(first, &INBOX_TYPES)
+        unnest(first, INBOX_TYPES)
     )
 }
 
@@ -231,71 +234,26 @@ impl<'a> InboxRows<'a> {
 }
 
 /// Column types of the calls upsert, in bind order.
-const CALL_TYPES: [&str; 24] = [
-    "uuid[]",
-    "uuid[]",
-    "int8[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "int8[]",
-    "text[]",
-    "int8[]",
-    "timestamptz[]",
-    "timestamptz[]",
-    "timestamptz[]",
-    "int8[]",
-    "text[]",
-    "bool[]",
-    "text[]",
-    "text[]",
-    "bool[]",
-    "jsonb[]",
-    "int8[]",
-    "text[]::json[]",
-    "timestamptz[]",
-    "timestamptz[]",
-];
-const OUTBOX_TYPES: [&str; 5] = ["uuid[]", "int8[]", "text[]", "text[]::json[]", "text[]"];
-const VOICEMAIL_TYPES: [&str; 11] = [
-    "uuid[]",
-    "uuid[]",
-    "int8[]",
-    "int8[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "int8[]",
-    "timestamptz[]",
-    "timestamptz[]",
-];
-const MESSAGE_TYPES: [&str; 13] = [
-    "uuid[]",
-    "uuid[]",
-    "int8[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "text[]::jsonb[]",
-    "text[]",
-    "int8[]",
-    "timestamptz[]",
-    "text[]",
-    "timestamptz[]",
-    "timestamptz[]",
-];
+const CALL_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[], int8[], \
+    text[], int8[], timestamptz[], timestamptz[], timestamptz[], int8[], text[], bool[], \
+    text[], text[], bool[], jsonb[], int8[], text[]::json[], timestamptz[], timestamptz[]";
+
+/// Column types of the outbox insert, voicemails and messages, in bind order.
+const OUTBOX_TYPES: &str = "uuid[], int8[], text[], text[]::json[], text[]";
+const VOICEMAIL_TYPES: &str = "uuid[], uuid[], int8[], int8[], text[], text[], text[], text[], \
+    int8[], timestamptz[], timestamptz[]";
+const MESSAGE_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[]::jsonb[], \
+    text[], int8[], timestamptz[], text[], timestamptz[], timestamptz[]";
 
 /// First parameter of each part of [`WRITE_SQL`]: `$1`–`$3` the apps (ids, generations read,
 /// new sequence heads), then the inbox rows, calls, outbox, voicemails, messages, the outbox
 /// time, the number of inbox rows that must be new and the apps' new generations.
 const P_INBOX: usize = 4;
-const P_CALLS: usize = P_INBOX + INBOX_TYPES.len();
-const P_OUTBOX: usize = P_CALLS + CALL_TYPES.len();
-const P_VOICEMAILS: usize = P_OUTBOX + OUTBOX_TYPES.len();
-const P_MESSAGES: usize = P_VOICEMAILS + VOICEMAIL_TYPES.len();
-const P_NOW: usize = P_MESSAGES + MESSAGE_TYPES.len();
+const P_CALLS: usize = P_INBOX + count(INBOX_TYPES);
+const P_OUTBOX: usize = P_CALLS + count(CALL_TYPES);
+const P_VOICEMAILS: usize = P_OUTBOX + count(OUTBOX_TYPES);
+const P_MESSAGES: usize = P_VOICEMAILS + count(VOICEMAIL_TYPES);
+const P_NOW: usize = P_MESSAGES + count(MESSAGE_TYPES);
 const P_NEW_ROWS: usize = P_NOW + 1;
 const P_NEXT_GENS: usize = P_NEW_ROWS + 1;
 
@@ -369,10 +327,10 @@ static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
                + (SELECT count(*) FROM messages)
             ELSE cti_stale_batch() END AS written",
         inbox = inbox_insert_sql(P_INBOX, FRESH),
-        calls = unnest(P_CALLS, &CALL_TYPES),
-        outbox = unnest(P_OUTBOX, &OUTBOX_TYPES),
-        voicemails = unnest(P_VOICEMAILS, &VOICEMAIL_TYPES),
-        messages = unnest(P_MESSAGES, &MESSAGE_TYPES),
+        calls = unnest(P_CALLS, CALL_TYPES),
+        outbox = unnest(P_OUTBOX, OUTBOX_TYPES),
+        voicemails = unnest(P_VOICEMAILS, VOICEMAIL_TYPES),
+        messages = unnest(P_MESSAGES, MESSAGE_TYPES),
     )
 });
 
