@@ -348,17 +348,15 @@ impl ServerConfig {
         // with any ingest rate. On PostgreSQL it serialises an app's ingest writes behind its
         // row lock, so its peak ingest rate is lower than with the processor path
         // (`INLINE_PROCESSING=false`, which takes bursts faster and processes them afterwards).
-        // Ingest writers: SQLite has one writer connection; PostgreSQL's inline batches run
-        // in a two-stage pipeline (the next batch reads while the last one writes), which two
-        // writers fill (docs/operations.md).
+        // Ingest writers: SQLite has one writer connection. PostgreSQL's inline batches can
+        // run in a two-stage pipeline (the next batch reads while the last one writes), which
+        // `INGEST_WRITERS=2` fills: more throughput flat out, but at moderate rates two writers
+        // split the batches and the tail latency grows, so one by default
+        // (docs/performance.md "2026-11-30 j").
         let inline_processing = parse_bool("INLINE_PROCESSING", true)?;
         let ingest_writers: usize = parse_num(
             "INGEST_WRITERS",
-            match (sqlite, inline_processing) {
-                (true, _) => 1,
-                (false, true) => 2,
-                (false, false) => 4,
-            },
+            if sqlite || inline_processing { 1 } else { 4 },
         )?
         .max(1);
         let defaults = RateLimits::default();
