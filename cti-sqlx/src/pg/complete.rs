@@ -228,16 +228,14 @@ async fn by_keys(
     let alias = table_alias.rsplit(' ').next().unwrap_or(table_alias);
     let apps: Vec<Uuid> = keys.iter().map(|(a, _)| a.0).collect();
     let ids: Vec<i64> = keys.iter().map(|(_, id)| id.as_i64()).collect();
-    // `LIMIT $3` (never cuts) keeps the cached generic plan, as in `STATE_SQL`.
     let sql = format!(
         "SELECT {cols} FROM {table_alias}
-         JOIN (SELECT * FROM UNNEST($1::uuid[], $2::int8[]) LIMIT $3) AS k(app_id, id)
+         JOIN UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
            ON {alias}.app_id = k.app_id AND {alias}.{key_col} = k.id"
     );
     sqlx::query(&sql)
         .bind(apps)
         .bind(ids)
-        .bind(i64_of_usize(keys.len()))
         .fetch_all(&mut *conn)
         .await
         .map_err(pg_err)
@@ -303,12 +301,6 @@ impl StateKeys {
 /// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `u`
 /// rows (the CRM user of a Dialpad user) and `a` rows (an app's last outbox sequence number and
 /// apply generation). Several small statements would cost a round trip each.
-///
-/// `LIMIT $6` (the number of keys, so it never cuts) keeps the statement on its cached generic
-/// plan (index lookups per key): the planner estimates an unknown `UNNEST` at 10 rows and a
-/// parameter `LIMIT` at a tenth of that, so the generic plan always looks cheaper than planning
-/// afresh. Without it, batches of fewer than ~10 keys were planned on every execution, 0.1–0.4
-/// ms of each read (docs/performance.md "2026-11-30 j").
 static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT k.kind, k.app_id AS key_app, k.call_id AS key_call, k.user_id AS key_user,
@@ -321,7 +313,7 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
               WHERE m.app_id = k.app_id AND m.dialpad_user_id =
                     CASE WHEN k.kind = 'u' THEN k.user_id ELSE c.dialpad_user_id END) AS crm_user,
             {}
-         FROM (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[]) LIMIT $6)
+         FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
               AS k(kind, app_id, call_id, user_id)
          LEFT JOIN calls c
            ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id
@@ -373,7 +365,6 @@ pub(super) async fn read_state(
         .bind(calls)
         .bind(users)
         .bind(blocking)
-        .bind(i64_of_usize(n))
         .fetch_all(&mut *conn)
         .await
         .map_err(pg_err)?;
