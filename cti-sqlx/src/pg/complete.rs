@@ -117,7 +117,7 @@ pub(super) async fn apply_held(
             ));
         }
     }
-    Ok(published(out, plan))
+    Ok(published(out, plan.published))
 }
 
 /// Applies the `held` items in memory: their initial results (see [`batch::split`]), the plan
@@ -165,12 +165,12 @@ pub(super) async fn plan_held(
     Ok((out, plan, gens))
 }
 
-/// `out` with the messages `plan` published filled in.
+/// `out` with the messages a plan published (`Plan::published`: per item index) filled in.
 pub(super) fn published(
     mut out: Vec<StoreResult<Vec<PublishedEvent>>>,
-    plan: Plan,
+    by_item: Vec<(usize, Vec<PublishedEvent>)>,
 ) -> Vec<StoreResult<Vec<PublishedEvent>>> {
-    for (index, published) in plan.published {
+    for (index, published) in by_item {
         out[index] = Ok(published);
     }
     out

@@ -2,7 +2,7 @@
 //! completion (set-based, in `complete.rs`; algorithm in `crate::batch`) and the outbox.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -470,8 +470,11 @@ async fn optimistic_batch<'a>(
         let (out, plan, gens) =
             plan_held(&mut *conn, &items, &held, now, Some(state), &overlays).await?;
         let gens = pipeline::next_gens(&gens);
+        let mut plan = plan;
+        let published_by_item = std::mem::take(&mut plan.published);
+        let plan = Arc::new(plan);
         let overlay = Overlay::of(
-            &plan,
+            plan.clone(),
             gens.iter().map(|&(app, _, next)| (app, next)),
             news,
             |i| firsts.of[i] == i && !claim[i],
@@ -502,8 +505,13 @@ async fn optimistic_batch<'a>(
             }
         }
         let mut failed = Vec::new();
-        let report =
-            batch::inline::report(outcomes, &order, &items, published(out, plan), &mut failed);
+        let report = batch::inline::report(
+            outcomes,
+            &order,
+            &items,
+            published(out, published_by_item),
+            &mut failed,
+        );
         mark_failed(conn, failed, now).await?;
         return Ok(Ok(report));
     }

@@ -40,12 +40,14 @@ use crate::batch::{Key, Keys, Loaded, Plan};
 /// before it runs under the locks.
 pub(super) const REPLANS: usize = 3;
 
-/// What a batch whose write is in flight will have written once it commits.
+/// What a batch whose write is in flight will have written once it commits. It shares the
+/// batch's plan (which the write binds from) and indexes its records: nothing is copied unless
+/// a later batch needs a record.
 pub(super) struct Overlay {
-    calls: HashMap<Key, Call>,
-    voicemails: HashMap<Key, Voicemail>,
-    messages: HashMap<Key, Message>,
-    seqs: HashMap<AppId, i64>,
+    plan: Arc<Plan>,
+    calls: HashMap<Key, usize>,
+    voicemails: HashMap<Key, usize>,
+    messages: HashMap<Key, usize>,
     gens: HashMap<AppId, i64>,
     /// Calls of which the batch stores `pending` events.
     blocked: HashSet<Key>,
@@ -57,28 +59,18 @@ impl Overlay {
     /// The overlay of a batch that writes `plan`, sets `gens` (app → new generation) and
     /// stores `events[i]` pending where `pending[i]`.
     pub(super) fn of(
-        plan: &Plan,
+        plan: Arc<Plan>,
         gens: impl IntoIterator<Item = (AppId, i64)>,
         events: &[NewInboxEvent],
         pending: impl Fn(usize) -> bool,
     ) -> Self {
         Overlay {
-            calls: plan
-                .calls
-                .iter()
-                .map(|c| ((c.app_id, c.dialpad_call_id), c.clone()))
-                .collect(),
-            voicemails: plan
-                .voicemails
-                .iter()
-                .filter_map(|v| v.dialpad_call_id.map(|k| ((v.app_id, k), v.clone())))
-                .collect(),
-            messages: plan
-                .messages
-                .iter()
-                .map(|m| ((m.app_id, m.dialpad_message_id), m.clone()))
-                .collect(),
-            seqs: plan.seqs.iter().copied().collect(),
+            calls: index(&plan.calls, |c| Some((c.app_id, c.dialpad_call_id))),
+            voicemails: index(&plan.voicemails, |v| {
+                v.dialpad_call_id.map(|k| (v.app_id, k))
+            }),
+            messages: index(&plan.messages, |m| Some((m.app_id, m.dialpad_message_id))),
+            plan,
             gens: gens.into_iter().collect(),
             blocked: events
                 .iter()
@@ -103,16 +95,16 @@ impl Overlay {
     /// heads and generations of its apps, the blocked calls.
     pub(super) fn apply_state(&self, state: &mut State, keys: &StateKeys) {
         for k in &keys.calls {
-            if let Some(c) = self.calls.get(k) {
-                state.loaded.calls.insert(*k, c.clone());
+            if let Some(&i) = self.calls.get(k) {
+                state.loaded.calls.insert(*k, self.plan.calls[i].clone());
             }
             if self.blocked.contains(k) {
                 state.blocked.insert(*k);
             }
         }
-        for (app, seq) in state.loaded.seqs.iter_mut() {
-            if let Some(s) = self.seqs.get(app) {
-                *seq = *s;
+        for &(app, s) in &self.plan.seqs {
+            if let Some(seq) = state.loaded.seqs.get_mut(&app) {
+                *seq = s;
             }
         }
         for (app, generation) in state.gens.iter_mut() {
@@ -125,16 +117,27 @@ impl Overlay {
     /// Lays this overlay's voicemails and messages among `keys` over `loaded`.
     pub(super) fn apply_records(&self, loaded: &mut Loaded, keys: &Keys) {
         for k in &keys.voicemails {
-            if let Some(v) = self.voicemails.get(k) {
-                loaded.voicemails.insert(*k, v.clone());
+            if let Some(&i) = self.voicemails.get(k) {
+                loaded
+                    .voicemails
+                    .insert(*k, self.plan.voicemails[i].clone());
             }
         }
         for k in &keys.messages {
-            if let Some(m) = self.messages.get(k) {
-                loaded.messages.insert(*k, m.clone());
+            if let Some(&i) = self.messages.get(k) {
+                loaded.messages.insert(*k, self.plan.messages[i].clone());
             }
         }
     }
+}
+
+/// Position of each keyed record of `records` (a plan writes each record once).
+fn index<T>(records: &[T], key: impl Fn(&T) -> Option<Key>) -> HashMap<Key, usize> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| key(r).map(|k| (k, i)))
+        .collect()
 }
 
 /// The pipeline of a store's optimistic inline batches.
