@@ -261,6 +261,55 @@ async fn batched_workers_on_two_pools_drain_interleaved_calls() {
     drain("drain_batched", true).await;
 }
 
+/// A processor: claims up to `claim` events and completes them (as one batch, or one by one)
+/// until it found nothing to claim 20 times in a row while `quiet()` held; returns how many
+/// events it applied.
+async fn process(
+    s: Arc<PgStore>,
+    by_key: Arc<std::collections::HashMap<String, Normalized>>,
+    claim: usize,
+    batched: bool,
+    quiet: impl Fn() -> bool,
+) -> usize {
+    let mut done = 0usize;
+    let mut idle = 0;
+    while idle < 20 {
+        let claimed = s
+            .inbox_claim(claim, Duration::from_secs(60), t0() + secs(600))
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            if quiet() {
+                idle += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        idle = 0;
+        if batched {
+            let items = applying(&claimed, &by_key);
+            for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
+                r.unwrap();
+                done += 1;
+            }
+            continue;
+        }
+        for e in claimed {
+            let n = by_key[&e.dedupe_key].clone();
+            s.inbox_complete(
+                e.id,
+                e.attempts,
+                EventResult::Apply(Box::new(n)),
+                t0() + secs(600),
+            )
+            .await
+            .unwrap();
+            done += 1;
+        }
+    }
+    done
+}
+
 /// Completions applying the claimed events' lifecycle updates (by dedupe key).
 fn applying(
     claimed: &[InboxEvent],
@@ -379,45 +428,8 @@ async fn drain(name: &str, batched: bool) {
     let by_key = Arc::new(by_key);
     let mut tasks = Vec::new();
     for w in 0..8 {
-        let s = stores[w % 2].clone();
-        let by_key = by_key.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0usize;
-            let mut idle = 0;
-            while idle < 20 {
-                let claimed = s
-                    .inbox_claim(5, Duration::from_secs(60), t0() + secs(600))
-                    .await
-                    .unwrap();
-                if claimed.is_empty() {
-                    idle += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                idle = 0;
-                if batched {
-                    let items = applying(&claimed, &by_key);
-                    for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
-                        r.unwrap();
-                        done += 1;
-                    }
-                    continue;
-                }
-                for e in claimed {
-                    let n = by_key[&e.dedupe_key].clone();
-                    s.inbox_complete(
-                        e.id,
-                        e.attempts,
-                        EventResult::Apply(Box::new(n)),
-                        t0() + secs(600),
-                    )
-                    .await
-                    .unwrap();
-                    done += 1;
-                }
-            }
-            done
-        }));
+        let worker = process(stores[w % 2].clone(), by_key.clone(), 5, batched, || true);
+        tasks.push(tokio::spawn(worker));
     }
     let mut done = 0;
     for t in tasks {
@@ -697,33 +709,15 @@ async fn inline_batches_and_processors_on_two_pools_equal_the_sequential_merge()
         }));
     }
     for s in &stores {
-        let s = s.clone();
-        let by_key = by_key.clone();
         let ingesting = ingesting.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0usize;
-            let mut idle = 0;
-            while idle < 20 {
-                let claimed = s
-                    .inbox_claim(4, Duration::from_secs(60), t0() + secs(600))
-                    .await
-                    .unwrap();
-                if claimed.is_empty() {
-                    if ingesting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                        idle += 1;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                idle = 0;
-                let items = applying(&claimed, &by_key);
-                for r in s.inbox_complete_batch(items, t0() + secs(600)).await {
-                    r.unwrap();
-                    done += 1;
-                }
-            }
-            done
-        }));
+        let quiet = move || ingesting.load(std::sync::atomic::Ordering::SeqCst) == 0;
+        tasks.push(tokio::spawn(process(
+            s.clone(),
+            by_key.clone(),
+            4,
+            true,
+            quiet,
+        )));
     }
     let mut applied = 0;
     for t in tasks {

@@ -467,10 +467,10 @@ async fn optimistic_batch<'a>(
         let outcomes = firsts.all_new(news);
         let (order, items) = batch::inline::completions(news, &mut results, &claim, &outcomes);
         let held = held_apps(news, &order);
-        let (out, plan, gens) =
+        let (out, mut plan, gens) =
             plan_held(&mut *conn, &items, &held, now, Some(state), &overlays).await?;
         let gens = pipeline::next_gens(&gens);
-        let mut plan = plan;
+        // The overlay shares the plan; the published messages go to the report.
         let published_by_item = std::mem::take(&mut plan.published);
         let plan = Arc::new(plan);
         let overlay = Overlay::of(
