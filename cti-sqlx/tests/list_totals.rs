@@ -959,6 +959,83 @@ mod pg {
         dedupe_survives_migration(&s, &raw, "", "", || store.migrate()).await;
     }
 
+    /// Migration 0008 recomputes `dedupe_at` without the regular expression of 0005: every
+    /// row keeps the value 0005 gave it — a body hash (64 lowercase hex digits) its event time,
+    /// every near miss 0 — redeliveries stay duplicates, and new payloads are compressed with
+    /// lz4 where the server supports it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_to_the_cheaper_dedupe_expression_keeps_every_value() {
+        let Some(db) = TestDb::new("dedupe_at_mig").await else {
+            return;
+        };
+        let store = store_before(&db, 8).await;
+        let raw = Raw::Pg(store.pool().clone());
+        let s: Arc<dyn Store> = Arc::new(store.clone());
+        let app = new_app(&s).await;
+        let ts = 1_767_225_600_000_i64;
+        let hex = "0123456789abcdef".repeat(4);
+        let keys: Vec<(String, i64)> = vec![
+            (hex.clone(), ts),
+            (hex.to_uppercase(), 0),
+            (hex[..63].to_string(), 0),
+            (format!("{hex}0"), 0),
+            (format!("g{}", &hex[1..]), 0),
+            (format!("{}\n", &hex[..63]), 0),
+            // 64 bytes, 63 characters.
+            (format!("é{}", &hex[..62]), 0),
+            ("id:evt-1".to_string(), 0),
+        ];
+        for (i, (key, _)) in keys.iter().enumerate() {
+            raw.exec(&format!(
+                "INSERT INTO webhook_events (app_id, dedupe_key, call_id, event_timestamp, payload)
+                 VALUES ('{app}', {key}, {i}, {ts}, '{{}}')",
+                app = app.0,
+                key = sql_text(key),
+            ))
+            .await;
+        }
+        let dedupe_at = |key: &str| {
+            format!(
+                "SELECT dedupe_at FROM webhook_events WHERE app_id = '{}' AND dedupe_key = {}",
+                app.0,
+                sql_text(key)
+            )
+        };
+        for (key, want) in &keys {
+            assert_eq!(raw.scalar(&dedupe_at(key)).await, *want, "0005, {key:?}");
+        }
+        dedupe_survives_migration(&s, &raw, "", "", || store.migrate()).await;
+        for (key, want) in &keys {
+            assert_eq!(raw.scalar(&dedupe_at(key)).await, *want, "0008, {key:?}");
+        }
+
+        let lz4 = sqlx::raw_sql("CREATE TEMP TABLE lz4_probe (v text COMPRESSION lz4)")
+            .execute(store.pool())
+            .await
+            .is_ok();
+        for (table, column) in [
+            ("webhook_events", "payload"),
+            ("calls", "raw_payload"),
+            ("cti_events", "payload"),
+        ] {
+            let method: String = sqlx::query_scalar(
+                "SELECT attcompression::text FROM pg_attribute
+                 WHERE attrelid = $1::regclass AND attname = $2",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(store.pool())
+            .await
+            .expect("column");
+            assert_eq!(method, if lz4 { "l" } else { "" }, "{table}.{column}");
+        }
+    }
+
+    /// `s` as an SQL string literal.
+    fn sql_text(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+
     /// The original server's schema (spec §7.1), shared with `pg_import.rs`.
     const ORIGINAL_DDL: &str = include_str!("fixtures/original_schema.sql");
 
