@@ -31,7 +31,7 @@ macro_rules! store_conformance_tests {
             inbox_dedupe_per_tenant, inbox_dedupe_of_body_hashes, claim_lease_and_expiry,
             retry_backoff_dead_letter_redrive, per_call_ordering, concurrent_claims_are_exclusive,
             complete_applies_and_publishes,
-            complete_batch, insert_processed,
+            complete_batch, insert_processed, insert_processed_updates_records,
             call_pagination_and_filters, message_and_voicemail_queries, mappings,
             dialpad_connections_webhooks_subscriptions, purge_and_retention);
     };
@@ -1708,6 +1708,89 @@ pub async fn purge_and_retention(s: Arc<dyn Store>) {
     assert_eq!(s.oldest_event_seq(a.id).await.unwrap(), Some(2));
     assert_eq!(s.events_since(a.id, 0, 10).await.unwrap().len(), 1);
     assert_eq!(s.event_heads().await.unwrap(), vec![(a.id, 2)]);
+}
+
+/// `inbox_insert_processed` across batches: a later batch updates the voicemail and the
+/// message an earlier one stored (one record each, the new fields over the old ones) rather
+/// than adding a second.
+pub async fn insert_processed_updates_records(s: Arc<dyn Store>) {
+    if !s.processes_inline() {
+        return;
+    }
+    let a = new_app(&s, "A", "a").await;
+    let voicemail = |transcript: Option<&str>| Normalized {
+        event: CtiEvent::VoicemailReceived,
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(1010)),
+            status: Some(CallStatus::Voicemail),
+            event_ms: 9,
+            ..Default::default()
+        }),
+        voicemail: Some(VoicemailUpdate {
+            dialpad_call_id: Some(DialpadId(1010)),
+            recording_url: Some("https://f.example/1.mp3".into()),
+            transcript: transcript.map(str::to_string),
+            duration_seconds: transcript.is_none().then_some(30),
+            ..Default::default()
+        }),
+        message: None,
+    };
+    let sms = |event: CtiEvent, status: &str| Normalized {
+        event,
+        call: None,
+        voicemail: None,
+        message: Some(MessageUpdate {
+            dialpad_message_id: Some(DialpadId(5002)),
+            direction: Some(Direction::Outbound),
+            text: (status == "pending").then(|| "Hi".to_string()),
+            message_status: Some(status.into()),
+            ..Default::default()
+        }),
+    };
+    let apply = |n: Normalized| Some(EventResult::Apply(Box::new(n)));
+    for (round, (vm, message)) in [
+        (voicemail(None), sms(CtiEvent::SmsSent, "pending")),
+        (
+            voicemail(Some("Please call back")),
+            sms(CtiEvent::SmsDelivered, "success"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = t0() + secs(round as i64);
+        let events = [
+            ev(a.id, &format!("vm{round}"), Some(1010), None, at),
+            ev(a.id, &format!("sms{round}"), None, None, at),
+        ];
+        let done = s
+            .inbox_insert_processed(
+                &events,
+                vec![apply(vm), apply(message)],
+                Duration::from_secs(30),
+                at,
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.processed, vec![true, true], "round {round}");
+    }
+    let vms = s
+        .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
+    assert_eq!(vms.total, 1, "one voicemail per (app, call)");
+    let v = &vms.items[0];
+    assert_eq!(v.transcript.as_deref(), Some("Please call back"));
+    assert_eq!(v.duration_seconds, Some(30));
+    assert_eq!(v.recording_url.as_deref(), Some("https://f.example/1.mp3"));
+    let msgs = s
+        .list_messages(a.id, &MessageFilter::default(), PageRequest::new(10, 0))
+        .await
+        .unwrap();
+    assert_eq!(msgs.total, 1, "one message per (app, Dialpad message)");
+    let m = &msgs.items[0];
+    assert_eq!(m.message_status.as_deref(), Some("success"));
+    assert_eq!(m.text.as_deref(), Some("Hi"));
 }
 
 /// `inbox_insert_processed`: a store that processes inline completes new events in event-time
