@@ -295,6 +295,15 @@ pub(crate) async fn or_each<S: InboxStore + ?Sized>(
     }
 }
 
+/// `cols` (a comma-separated column list) as `alias.col AS col`, so a join returns the columns
+/// under their table names.
+pub(crate) fn qualified(cols: &str, alias: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{alias}.{0} AS {0}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The bookkeeping of inline processing (`inbox_insert_processed`) shared by both backends:
 /// which events to store claimed, the completions to run, and the final report.
 pub(crate) mod inline {

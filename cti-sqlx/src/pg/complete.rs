@@ -27,7 +27,7 @@ use super::PgStore;
 use super::pipeline::{self, Overlay};
 use super::rows::*;
 use super::write::{self, InboxRows, Written};
-use crate::batch::{self, Item, Key, Loaded, Plan};
+use crate::batch::{self, Item, Key, Keys, Loaded, Plan, qualified};
 use crate::common;
 
 /// Row locks (in id order) and new generations of the apps of the given events.
@@ -44,38 +44,9 @@ const FINISH_SQL: &str = "UPDATE webhook_events w
     WHERE w.id = v.id AND w.status = 'processing' AND w.attempts = v.attempts
     RETURNING w.id, w.app_id";
 
-/// The record columns of [`STATE_SQL`]'s rows: each column of a call, a voicemail or a message
-/// once, taken from whichever of `c`, `v`, `m` the row's key joined (at most one of them does;
-/// the columns the three tables share have the same types), so [`call_from_row`],
-/// [`voicemail_from_row`] and [`message_from_row`] read a row as they read their own table's.
-static RECORD_COLS: LazyLock<String> = LazyLock::new(|| {
-    let names = |cols: &'static str| cols.split(',').map(str::trim).collect::<Vec<_>>();
-    let tables = [
-        ("c", names(CALL_COLS)),
-        ("v", names(VOICEMAIL_COLS)),
-        ("m", names(MESSAGE_COLS)),
-    ];
-    let mut seen: Vec<&str> = Vec::new();
-    let mut out = Vec::new();
-    for (_, cols) in &tables {
-        for &col in cols {
-            if seen.contains(&col) {
-                continue;
-            }
-            seen.push(col);
-            let from: Vec<String> = tables
-                .iter()
-                .filter(|(_, cols)| cols.contains(&col))
-                .map(|(alias, _)| format!("{alias}.{col}"))
-                .collect();
-            out.push(match from.as_slice() {
-                [one] => format!("{one} AS {col}"),
-                many => format!("COALESCE({}) AS {col}", many.join(", ")),
-            });
-        }
-    }
-    out.join(", ")
-});
+static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
+static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
+static MESSAGE_COLS_M: LazyLock<String> = LazyLock::new(|| qualified(MESSAGE_COLS, "m"));
 
 impl PgStore {
     /// Completes `items` in one transaction. The outer result fails (nothing was written) when
@@ -151,9 +122,8 @@ pub(super) async fn apply_held(
 
 /// Applies the `held` items in memory: their initial results (see [`batch::split`]), the plan
 /// to write, and the generations of the apps it was planned from (to pass to [`write::write`]).
-/// Starts from `state` — which must have been read with (at least) the items' keys, records
-/// included ([`StateKeys::of_items`], [`StateKeys::of_batch`]) — or reads it; `overlays` (the
-/// in-flight batches of [`pipeline`], oldest first) are laid over its voicemails and messages.
+/// Reads the records the items touch beyond `state`, with `overlays` (the in-flight batches of
+/// [`pipeline`], oldest first) laid over the voicemails and messages read.
 pub(super) async fn plan_held(
     conn: &mut PgConnection,
     items: &[Completion],
@@ -179,7 +149,7 @@ pub(super) async fn plan_held(
         Some(state) => state,
         None => read_state(&mut *conn, &StateKeys::of_items(&applying), false).await?,
     };
-    let keys = batch::keys(&applying);
+    let keys = load_records(&mut *conn, &applying, &mut loaded).await?;
     for o in overlays {
         o.apply_records(&mut loaded, &keys);
     }
@@ -272,13 +242,10 @@ async fn by_keys(
 }
 
 /// The keys of [`read_state`]: calls (with the mapping of their stored user and, on request,
-/// whether they have unfinished inbox events), voicemails (by call) and messages the events
-/// touch, users named by events, and apps.
+/// whether they have unfinished inbox events), users named by events, and apps.
 #[derive(Default)]
 pub(super) struct StateKeys {
     pub calls: Vec<Key>,
-    pub voicemails: Vec<Key>,
-    pub messages: Vec<Key>,
     pub users: Vec<Key>,
     pub apps: Vec<AppId>,
 }
@@ -295,17 +262,14 @@ impl StateKeys {
         users.dedup();
         StateKeys {
             calls: keys.calls,
-            voicemails: keys.voicemails,
-            messages: keys.messages,
             users,
             apps: keys.apps,
         }
     }
 
     /// What an inline batch reads before its insert: every call its events name (for the
-    /// per-call order check) or change, the voicemails and messages they change (as
-    /// [`batch::keys`] picks them), the users they name, their apps. A superset of what the
-    /// events that end up applied need (duplicates and held-back events drop out later).
+    /// per-call order check) or change, the users they name, their apps. A superset of what
+    /// the events that end up applied need (duplicates and held-back events drop out later).
     pub(super) fn of_batch(events: &[NewInboxEvent], results: &[Option<EventResult>]) -> Self {
         let mut k = StateKeys::default();
         for (e, r) in events.iter().zip(results) {
@@ -316,24 +280,13 @@ impl StateKeys {
             if let Some(EventResult::Apply(n)) = r {
                 if let Some(c) = call_key(n) {
                     k.calls.push((e.app_id, c));
-                    if n.voicemail.is_some() {
-                        k.voicemails.push((e.app_id, c));
-                    }
-                }
-                if let Some(m) = n.message.as_ref().and_then(|m| m.dialpad_message_id) {
-                    k.messages.push((e.app_id, m));
                 }
                 if let Some(u) = target_user(n, None) {
                     k.users.push((e.app_id, u));
                 }
             }
         }
-        for v in [
-            &mut k.calls,
-            &mut k.voicemails,
-            &mut k.messages,
-            &mut k.users,
-        ] {
+        for v in [&mut k.calls, &mut k.users] {
             v.sort_unstable_by_key(|(a, id)| (a.0, id.as_i64()));
             v.dedup();
         }
@@ -345,11 +298,9 @@ impl StateKeys {
 
 /// One statement for everything a batch reads (under its apps' row locks, or — an inline
 /// batch — before taking them), a row per key: `c` rows (a call: its stored row if any, the CRM
-/// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `v`
-/// and `m` rows (a voicemail by its call, a message: the stored row if any), `u` rows (the CRM
-/// user of a Dialpad user) and `a` rows (an app's last outbox sequence number and apply
-/// generation). Several small statements would cost a round trip each: on the single ingest
-/// writer's critical path, 1–1.5 ms each flat out (docs/performance.md 2026-11-30 k).
+/// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `u`
+/// rows (the CRM user of a Dialpad user) and `a` rows (an app's last outbox sequence number and
+/// apply generation). Several small statements would cost a round trip each.
 static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT k.kind, k.app_id AS key_app, k.call_id AS key_call, k.user_id AS key_user,
@@ -358,20 +309,16 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
                 WHERE w.app_id = k.app_id AND w.call_id = k.call_id
                   AND w.status IN ('pending', 'failed', 'processing')) END AS blocked,
             ap.last_event_seq AS app_seq, ap.apply_gen AS app_gen,
-            (SELECT um.crm_user_id FROM dialpad_user_mappings um
-              WHERE um.app_id = k.app_id AND um.dialpad_user_id =
+            (SELECT m.crm_user_id FROM dialpad_user_mappings m
+              WHERE m.app_id = k.app_id AND m.dialpad_user_id =
                     CASE WHEN k.kind = 'u' THEN k.user_id ELSE c.dialpad_user_id END) AS crm_user,
             {}
          FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
               AS k(kind, app_id, call_id, user_id)
          LEFT JOIN calls c
            ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id
-         LEFT JOIN voicemails v
-           ON k.kind = 'v' AND v.app_id = k.app_id AND v.dialpad_call_id = k.call_id
-         LEFT JOIN messages m
-           ON k.kind = 'm' AND m.app_id = k.app_id AND m.dialpad_message_id = k.call_id
          LEFT JOIN apps ap ON k.kind = 'a' AND ap.id = k.app_id",
-        *RECORD_COLS
+        *CALL_COLS_C
     )
 });
 
@@ -385,19 +332,15 @@ pub(super) struct State {
     pub gens: Vec<(AppId, i64)>,
 }
 
-/// Reads the calls, voicemails, messages, user mappings, sequence numbers and generations of
-/// `keys` in one statement ([`STATE_SQL`]); with `blocking`, also the keyed calls that have
-/// unfinished inbox events.
+/// Reads the calls, user mappings, sequence numbers and generations of `keys` in one
+/// statement ([`STATE_SQL`]); with `blocking`, also the keyed calls that have unfinished inbox
+/// events.
 pub(super) async fn read_state(
     conn: &mut PgConnection,
     keys: &StateKeys,
     blocking: bool,
 ) -> StoreResult<State> {
-    let n = keys.calls.len()
-        + keys.voicemails.len()
-        + keys.messages.len()
-        + keys.users.len()
-        + keys.apps.len();
+    let n = keys.calls.len() + keys.users.len() + keys.apps.len();
     let (mut kinds, mut apps, mut calls, mut users) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -408,12 +351,6 @@ pub(super) async fn read_state(
         .calls
         .iter()
         .map(|&(a, c)| ("c", a, Some(c), None))
-        .chain(
-            keys.voicemails
-                .iter()
-                .map(|&(a, c)| ("v", a, Some(c), None)),
-        )
-        .chain(keys.messages.iter().map(|&(a, m)| ("m", a, Some(m), None)))
         .chain(keys.users.iter().map(|&(a, u)| ("u", a, None, Some(u))))
         .chain(keys.apps.iter().map(|&a| ("a", a, None, None)));
     for (kind, app, call, user) in rows {
@@ -451,20 +388,6 @@ pub(super) async fn read_state(
                     loaded.calls.insert((app, call), c);
                 }
             }
-            "v" => {
-                if col::<Option<Uuid>>(r, "id")?.is_some() {
-                    let call = did(col(r, "key_call")?)?;
-                    loaded
-                        .voicemails
-                        .insert((app, call), voicemail_from_row(r)?);
-                }
-            }
-            "m" => {
-                if col::<Option<Uuid>>(r, "id")?.is_some() {
-                    let message = did(col(r, "key_call")?)?;
-                    loaded.messages.insert((app, message), message_from_row(r)?);
-                }
-            }
             "u" => {
                 let user = did(col(r, "key_user")?)?;
                 loaded.crm_users.insert((app, user), col(r, "crm_user")?);
@@ -484,6 +407,43 @@ pub(super) async fn read_state(
         blocked,
         gens,
     })
+}
+
+/// Adds the voicemails and messages `items` touch to `loaded` (one statement per kind, only
+/// when some item has one); returns the keys `items` touch.
+async fn load_records(
+    conn: &mut PgConnection,
+    items: &[Item<'_>],
+    loaded: &mut Loaded,
+) -> StoreResult<Keys> {
+    let keys = batch::keys(items);
+    let vms = by_keys(
+        conn,
+        "voicemails v",
+        &VOICEMAIL_COLS_V,
+        "dialpad_call_id",
+        &keys.voicemails,
+    )
+    .await?;
+    for r in vms {
+        let v = voicemail_from_row(&r)?;
+        if let Some(k) = v.dialpad_call_id {
+            loaded.voicemails.insert((v.app_id, k), v);
+        }
+    }
+    let msgs = by_keys(
+        conn,
+        "messages m",
+        &MESSAGE_COLS_M,
+        "dialpad_message_id",
+        &keys.messages,
+    )
+    .await?;
+    for r in msgs {
+        let m = message_from_row(&r)?;
+        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
+    }
+    Ok(keys)
 }
 
 /// The CRM users mapped to `users` (keys without a mapping are absent).
