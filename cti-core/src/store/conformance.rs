@@ -113,6 +113,25 @@ fn ev(
     }
 }
 
+/// A voicemail event of `call` at `ms`: the call becomes a voicemail and `update` (its call id
+/// filled in) is its record.
+fn voicemail_norm(call: u64, ms: i64, update: VoicemailUpdate) -> Normalized {
+    Normalized {
+        event: CtiEvent::VoicemailReceived,
+        call: Some(CallUpdate {
+            dialpad_call_id: Some(DialpadId(call)),
+            status: Some(CallStatus::Voicemail),
+            event_ms: ms,
+            ..Default::default()
+        }),
+        voicemail: Some(VoicemailUpdate {
+            dialpad_call_id: Some(DialpadId(call)),
+            ..update
+        }),
+        message: None,
+    }
+}
+
 fn call_norm(event: CtiEvent, call: u64, ms: i64, user: Option<u64>) -> Normalized {
     Normalized {
         call: Some(CallUpdate {
@@ -522,21 +541,14 @@ pub async fn tenant_isolation(s: Arc<dyn Store>) {
         0
     );
 
-    let vm = Normalized {
-        event: CtiEvent::VoicemailReceived,
-        call: Some(CallUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
-            status: Some(CallStatus::Voicemail),
-            event_ms: 5,
-            ..Default::default()
-        }),
-        voicemail: Some(VoicemailUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
+    let vm = voicemail_norm(
+        1010,
+        5,
+        VoicemailUpdate {
             recording_url: Some("https://files.example.com/vm.mp3".into()),
             ..Default::default()
-        }),
-        message: None,
-    };
+        },
+    );
     process(&s, a.id, "a-vm", vm, t0()).await;
     let va = s
         .list_voicemails(a.id, &VoicemailFilter::default(), PageRequest::new(10, 0))
@@ -1437,23 +1449,18 @@ pub async fn message_and_voicemail_queries(s: Arc<dyn Store>) {
         DialpadId(5001)
     );
 
-    let vm = |url: &str, transcript: Option<&str>, user: u64| Normalized {
-        event: CtiEvent::VoicemailReceived,
-        call: Some(CallUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
-            status: Some(CallStatus::Voicemail),
-            event_ms: 9,
-            ..Default::default()
-        }),
-        voicemail: Some(VoicemailUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
-            dialpad_user_id: Some(DialpadId(user)),
-            recording_url: Some(url.into()),
-            transcript: transcript.map(str::to_string),
-            duration_seconds: Some(30),
-            ..Default::default()
-        }),
-        message: None,
+    let vm = |url: &str, transcript: Option<&str>, user: u64| {
+        voicemail_norm(
+            1010,
+            9,
+            VoicemailUpdate {
+                dialpad_user_id: Some(DialpadId(user)),
+                recording_url: Some(url.into()),
+                transcript: transcript.map(str::to_string),
+                duration_seconds: Some(30),
+                ..Default::default()
+            },
+        )
     };
     let p = process(
         &s,
@@ -1718,22 +1725,17 @@ pub async fn insert_processed_updates_records(s: Arc<dyn Store>) {
         return;
     }
     let a = new_app(&s, "A", "a").await;
-    let voicemail = |transcript: Option<&str>| Normalized {
-        event: CtiEvent::VoicemailReceived,
-        call: Some(CallUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
-            status: Some(CallStatus::Voicemail),
-            event_ms: 9,
-            ..Default::default()
-        }),
-        voicemail: Some(VoicemailUpdate {
-            dialpad_call_id: Some(DialpadId(1010)),
-            recording_url: Some("https://f.example/1.mp3".into()),
-            transcript: transcript.map(str::to_string),
-            duration_seconds: transcript.is_none().then_some(30),
-            ..Default::default()
-        }),
-        message: None,
+    let voicemail = |transcript: Option<&str>| {
+        voicemail_norm(
+            1010,
+            9,
+            VoicemailUpdate {
+                recording_url: Some("https://f.example/1.mp3".into()),
+                transcript: transcript.map(str::to_string),
+                duration_seconds: transcript.is_none().then_some(30),
+                ..Default::default()
+            },
+        )
     };
     let sms = |event: CtiEvent, status: &str| Normalized {
         event,
