@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::TimeZone;
 use cti_core::model::*;
 use cti_core::normalize::{CallUpdate, CtiEvent, MessageUpdate, Normalized, VoicemailUpdate};
+use cti_core::store::conformance::voicemail_norm;
 use cti_core::store::*;
 use cti_sqlx::SqliteStore;
 use uuid::Uuid;
@@ -102,23 +103,16 @@ fn random_event(rng: &mut Rng, calls: u64) -> (Option<u64>, Normalized) {
         };
         (Some(call), n)
     } else if roll < 8 {
-        let n = Normalized {
-            event: CtiEvent::VoicemailReceived,
-            call: Some(CallUpdate {
-                dialpad_call_id: Some(DialpadId(call)),
-                status: Some(CallStatus::Voicemail),
-                event_ms: ms,
-                ..Default::default()
-            }),
-            voicemail: Some(VoicemailUpdate {
-                dialpad_call_id: Some(DialpadId(call)),
+        let n = voicemail_norm(
+            call,
+            ms,
+            VoicemailUpdate {
                 dialpad_user_id: Some(DialpadId(*rng.pick(&USERS))),
                 recording_url: Some("https://vm.example/1.mp3".into()),
                 duration_seconds: Some(30),
                 ..Default::default()
-            }),
-            message: None,
-        };
+            },
+        );
         (Some(call), n)
     } else {
         let dir = *rng.pick(&[Direction::Inbound, Direction::Outbound]);

@@ -114,8 +114,8 @@ fn ev(
 }
 
 /// A voicemail event of `call` at `ms`: the call becomes a voicemail and `update` (its call id
-/// filled in) is its record.
-fn voicemail_norm(call: u64, ms: i64, update: VoicemailUpdate) -> Normalized {
+/// filled in) is its record. Shared with the stores' own tests.
+pub fn voicemail_norm(call: u64, ms: i64, update: VoicemailUpdate) -> Normalized {
     Normalized {
         event: CtiEvent::VoicemailReceived,
         call: Some(CallUpdate {
