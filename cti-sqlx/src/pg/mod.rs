@@ -254,7 +254,9 @@ impl PgStore {
     }
 
     /// Applies the embedded migrations (idempotent; concurrent callers serialise on sqlx's
-    /// migration lock). Refuses with [`MigrationError::SchemaTooNew`] when the ledger records a
+    /// migration lock, one advisory lock per database, so migrations of different schemas in
+    /// one database also wait for each other, and a `lock_timeout` set on the connection bounds
+    /// that wait). Refuses with [`MigrationError::SchemaTooNew`] when the ledger records a
     /// version this binary does not know (a newer release migrated the database), before
     /// touching anything.
     pub async fn migrate(&self) -> Result<(), MigrationError> {

@@ -117,12 +117,16 @@ impl TestDb {
 
     /// A migrated store on the scratch schema reached through other connect options (e.g. a
     /// proxy); the schema is still dropped at the end.
+    ///
+    /// The schema is migrated first over the plain URL: sqlx's migration lock is one advisory
+    /// lock per database, shared by every test schema, so connect options such as a short
+    /// `lock_timeout` would make this migration fail whenever another test is migrating.
     pub async fn store_via(&self, connect: PgConnectOptions, mut opts: PgOptions) -> PgStore {
         opts.schema = self.schema.clone();
+        drop(self.store_with(opts.clone()).await);
         let store = PgStore::connect_with(connect, opts)
             .await
             .expect("connect test store");
-        store.migrate().await.expect("migrate test store");
         store.with_guard(self.guard.clone())
     }
 
