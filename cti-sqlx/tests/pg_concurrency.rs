@@ -537,6 +537,105 @@ async fn until_waiting(db: &TestDb, n: i64) {
     }
 }
 
+/// Pipelined inline batches whose first one turns out stale: the second batch, planned on top
+/// of the first, has already sent its write, which PostgreSQL holds behind the first one's on
+/// the app's row. When another applier commits first, the first batch runs again under the
+/// lock; the second finds the generation it expected missing, sees that the batch it planned
+/// on did not commit, and plans again (no second rerun): outbox numbers continue gap-free after
+/// the other applier's, and the call is the sequential merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_planned_on_a_stale_one_plans_again() {
+    use sqlx::Connection;
+
+    let Some(db) = TestDb::new("replan").await else {
+        return;
+    };
+    let s = Arc::new(db.store().await);
+    let app = new_app(&s, "7").await;
+    s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
+        .await
+        .unwrap();
+    let call = 4_000_003;
+    let events = lifecycle(call);
+
+    // Another applier, mid-transaction: it holds the app's row, moved its generation and
+    // assigned five outbox numbers.
+    let mut other = db.conn().await;
+    let mut tx = other.begin().await.unwrap();
+    let apply = format!(
+        "UPDATE \"{}\".apps SET apply_gen = apply_gen + 1, last_event_seq = last_event_seq + 5 \
+         WHERE id = $1",
+        db.schema
+    );
+    sqlx::query(&apply)
+        .bind(app.id.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let spawn = |i: usize| {
+        let s = s.clone();
+        let n = events[i].clone();
+        let event = NewInboxEvent {
+            id: Uuid::now_v7(),
+            app_id: app.id,
+            dedupe_key: format!("e{i}"),
+            event_type: Some("call".into()),
+            call_id: Some(DialpadId(call)),
+            state: None,
+            event_timestamp: n.call.as_ref().map(|c| c.event_ms),
+            payload: serde_json::json!({}).into(),
+            received_at: t0(),
+        };
+        tokio::spawn(async move {
+            s.inbox_insert_processed(
+                std::slice::from_ref(&event),
+                vec![Some(EventResult::Apply(Box::new(n)))],
+                Duration::from_secs(30),
+                t0(),
+            )
+            .await
+        })
+    };
+    let first = spawn(0);
+    until_waiting(&db, 1).await;
+    let second = spawn(1);
+    // Both writes are in PostgreSQL, waiting for the app's row.
+    until_waiting(&db, 2).await;
+    tx.commit().await.unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(
+        (first.processed, second.processed),
+        (vec![true], vec![true])
+    );
+    assert_eq!(
+        s.inline_reruns(),
+        1,
+        "only the stale batch ran under the lock"
+    );
+    let seqs: Vec<u64> = first
+        .published
+        .iter()
+        .chain(&second.published)
+        .map(|p| p.seq)
+        .collect();
+    let n = seqs.len() as u64;
+    assert!(n >= 2, "{seqs:?}");
+    assert_eq!(
+        seqs,
+        (6..6 + n).collect::<Vec<_>>(),
+        "numbered after the other applier's five, in write order"
+    );
+    assert_eq!(s.event_heads().await.unwrap(), vec![(app.id, 5 + n)]);
+    let got = s
+        .get_call_by_dialpad_id(app.id, DialpadId(call))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data(&got), data(&sequential(app.id, &events[..2])));
+}
+
 /// Pipelined inline batches: a batch read while the previous batch's write still waits lays
 /// that batch over what it read, expects the generation it will set, and so writes
 /// optimistically right after it — no rerun — with the call and the outbox
