@@ -538,11 +538,10 @@ async fn until_waiting(db: &TestDb, n: i64) {
 }
 
 /// Pipelined inline batches whose first one turns out stale: the second batch, planned on top
-/// of the first, has already sent its write, which PostgreSQL holds behind the first one's on
-/// the app's row. When another applier commits first, the first batch runs again under the
-/// lock; the second finds the generation it expected missing, sees that the batch it planned
-/// on did not commit, and plans again (no second rerun): outbox numbers continue gap-free after
-/// the other applier's, and the call is the sequential merge.
+/// of the first, waits for it. When another applier commits first, the first batch runs again
+/// under the lock; the second sees that the batch it planned on did not commit and plans again
+/// (no second rerun): outbox numbers continue gap-free after the other applier's, and the call
+/// is the sequential merge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_planned_on_a_stale_one_plans_again() {
     use sqlx::Connection;
@@ -599,8 +598,15 @@ async fn a_batch_planned_on_a_stale_one_plans_again() {
     let first = spawn(0);
     until_waiting(&db, 1).await;
     let second = spawn(1);
-    // Both writes are in PostgreSQL, waiting for the app's row.
-    until_waiting(&db, 2).await;
+    // The second batch has read and planned (on top of the first) and waits for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.inline_batches_in_flight() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second batch never planned"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tx.commit().await.unwrap();
 
     let first = first.await.unwrap().unwrap();

@@ -481,23 +481,19 @@ async fn optimistic_batch<'a>(
         );
         let registered = pipeline.register(overlay);
         drop(planning);
-        // Stage 2: write at once. The statement first waits for the apps' row locks, which
-        // the batches planned on hold until they commit, and then finds the generations they
-        // set only if they committed what this plan assumed; so it commits only on top of
-        // them, and meanwhile PostgreSQL has already started it (no round trip between two
-        // batches' writes). A stale write whose predecessors did not commit plans again.
-        let written = write::write(&mut *conn, &gens, rows, &plan, now).await?;
+        // Stage 2: once the batches planned on have finished, and only if they committed what
+        // this plan assumed.
         let mut planned_on_committed = true;
         for o in &overlays {
             planned_on_committed &= o.committed().await;
         }
-        match written {
+        if !planned_on_committed {
+            drop(registered);
+            restore(&mut results, &order, items);
+            continue;
+        }
+        match write::write(&mut *conn, &gens, rows, &plan, now).await? {
             Written::Done => registered.committed(),
-            Written::Stale if !planned_on_committed => {
-                drop(registered);
-                restore(&mut results, &order, items);
-                continue;
-            }
             Written::Stale => {
                 pipeline.rerun();
                 restore(&mut results, &order, items);

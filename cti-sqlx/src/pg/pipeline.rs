@@ -10,15 +10,12 @@
 //!    the in-flight batches' results over what it read ([`Overlay`]: the records they write,
 //!    their apps' sequence heads and the generations they set, the calls they leave blocked) —
 //!    as if they had committed. Then it registers its own overlay and leaves the stage;
-//! 2. **write**, at once: the statement first takes the apps' row locks, so in PostgreSQL it
-//!    waits behind the writes of the batches of its snapshot (which hold those locks until
-//!    they commit) and runs as soon as the last one commits, with no round trip in between.
-//!    It sets a fresh random generation per app and writes only if the generations are the
-//!    ones it expects — the ones the batches of its snapshot set, which exist only if those
-//!    batches committed what they had registered — so it commits only if nothing else was
-//!    applied in between. If its write found the state stale and a batch of its snapshot did
-//!    not commit its plan, the batch goes back to stage 1 (its own plan was built on that
-//!    one), at most [`REPLANS`] times.
+//! 2. **write**, once every batch of its snapshot has finished: if all of them committed what
+//!    they had registered, the batch writes; its statement sets a fresh random generation per
+//!    app and writes only if the generations are the ones it expects, so it commits only if
+//!    nothing else was applied in between. If a batch of its snapshot did not commit its plan,
+//!    the batch goes back to stage 1 (its own plan was built on that one), at most
+//!    [`REPLANS`] times.
 //!
 //! A batch whose write finds its state stale runs again under the apps' row locks while it
 //! holds the planning stage, so no batch plans on top of it meanwhile: a stale batch costs
