@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -691,7 +690,7 @@ impl Cti {
         let meta = EventMeta::from_payload(&members, req.event_type_header);
         let dedupe_key = match &meta.event_id {
             Some(id) => format!("id:{id}"),
-            None => hex::encode(Sha256::digest(req.body.trim_ascii())),
+            None => hex::encode(crate::digest::sha256(req.body.trim_ascii())),
         };
         let ev = NewInboxEvent {
             id: Uuid::now_v7(),

@@ -22,10 +22,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::model::AppId;
@@ -109,15 +107,11 @@ impl KeyHasher {
     /// Lookup hash of a key (64 lowercase hex chars).
     pub fn lookup(&self, key: &str) -> String {
         match &self.pepper {
-            Some(pepper) => match Hmac::<Sha256>::new_from_slice(pepper.expose()) {
-                Ok(mut mac) => {
-                    mac.update(key.as_bytes());
-                    hex::encode(mac.finalize().into_bytes())
-                }
-                // HMAC accepts keys of any length; hmac 0.12 never returns this error.
-                Err(_) => unreachable!("HMAC-SHA256 accepts keys of any length"),
-            },
-            None => hex::encode(Sha256::digest(key.as_bytes())),
+            Some(pepper) => hex::encode(crate::digest::hmac_sha256(
+                pepper.expose(),
+                key.as_bytes(),
+            )),
+            None => hex::encode(crate::digest::sha256(key.as_bytes())),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod dialpad;
+mod digest;
 pub mod error;
 pub mod fanout;
 pub mod inbox;

@@ -23,15 +23,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
-use sha2::Sha256;
 
+use crate::digest::{hmac_sha256, hmac_sha256_matches};
 use crate::json::{JsonText, Validate};
 use crate::model::Timestamp;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Length of an HMAC-SHA256 tag in bytes.
 const TAG_LEN: usize = 32;
@@ -250,10 +247,8 @@ impl WebhookVerifier {
         }
         let mut matched = false;
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            let mut mac = new_mac(secret);
-            mac.update(body);
             // No early exit: every active secret costs the same.
-            matched |= mac.verify_slice(&tag).is_ok();
+            matched |= hmac_sha256_matches(secret, body, &tag);
         }
         if matched {
             Ok(())
@@ -402,23 +397,13 @@ fn any_secret_matches(secrets: &[&[u8]], message: &[u8], tag: &[u8]) -> Result<b
     let mut matched = false;
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         usable = true;
-        let mut mac = new_mac(secret);
-        mac.update(message);
         // No early exit: every active secret costs the same.
-        matched |= mac.verify_slice(tag).is_ok();
+        matched |= hmac_sha256_matches(secret, message, tag);
     }
     if usable {
         Ok(matched)
     } else {
         Err(jwt_err("missing_secret"))
-    }
-}
-
-fn new_mac(key: &[u8]) -> HmacSha256 {
-    match <HmacSha256 as Mac>::new_from_slice(key) {
-        Ok(mac) => mac,
-        // HMAC is defined for keys of any length; hmac 0.12 never returns this error.
-        Err(_) => unreachable!("HMAC-SHA256 accepts keys of any length"),
     }
 }
 
@@ -467,9 +452,7 @@ pub fn sign_jwt_hs256_raw(payload: &[u8], secret: &[u8]) -> String {
     let mut token = URL_SAFE_NO_PAD.encode(JWT_HEADER_JSON);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let mut mac = new_mac(secret);
-    mac.update(token.as_bytes());
-    let tag = mac.finalize().into_bytes();
+    let tag = hmac_sha256(secret, token.as_bytes());
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(tag, &mut token);
     token
@@ -480,9 +463,7 @@ pub fn sign_jwt_hs256_raw(payload: &[u8], secret: &[u8]) -> String {
 ///
 /// For tests, tooling and the `simulate` command.
 pub fn sign_hmac_b64(body: &[u8], secret: &[u8]) -> String {
-    let mut mac = new_mac(secret);
-    mac.update(body);
-    STANDARD.encode(mac.finalize().into_bytes())
+    STANDARD.encode(hmac_sha256(secret, body))
 }
 
 #[cfg(test)]
@@ -493,6 +474,16 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"testsecret";
+
+    /// The tests sign with RustCrypto's HMAC, an implementation independent of the one the
+    /// verifier uses (`ring`, through `crate::digest`).
+    fn mac_tag(key: &[u8], message: &[u8]) -> Vec<u8> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
 
     /// `python3 fixtures/dialpad/make_jwt.py fixtures/dialpad/events/call_inbound_02_ringing.json testsecret`
     const PYTHON_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJkYXRlX3N0YXJ0ZWQiOjE3NjcyNjE2MDAwMDAsImNhbGxfaWQiOjU3NDQxMTg5MzQ0NTQyNzIsInN0YXRlIjoicmluZ2luZyIsImRpcmVjdGlvbiI6ImluYm91bmQiLCJleHRlcm5hbF9udW1iZXIiOiIrMTU1NTU1NTAxMjMiLCJpbnRlcm5hbF9udW1iZXIiOiIrMTU1NTU1NTAxMDAiLCJkYXRlX3JhbmciOjE3NjcyNjE2MDExOTAsImRhdGVfZmlyc3RfcmFuZyI6MTc2NzI2MTYwMTE5MCwiZGF0ZV9xdWV1ZWQiOm51bGwsInRhcmdldF9hdmFpbGFiaWxpdHlfc3RhdHVzIjoib3BlbiIsImNhbGxiYWNrX3JlcXVlc3RlZCI6bnVsbCwiZGF0ZV9jb25uZWN0ZWQiOm51bGwsImRhdGVfZW5kZWQiOm51bGwsInRhbGtfdGltZSI6MCwiaG9sZF90aW1lIjowLCJkdXJhdGlvbiI6MCwidG90YWxfZHVyYXRpb24iOjAsImNvbnRhY3QiOnsiaWQiOjY0MTMwNzc3Mjk4Njk4MjQsInR5cGUiOiJsb2NhbCIsImVtYWlsIjoiIiwicGhvbmUiOiIrMTU1NTU1NTAxMjMiLCJuYW1lIjoiTW9yZ2FuIExlZSJ9LCJ0YXJnZXQiOnsiaWQiOjUxNTEwMDk4NDQzMzA0OTYsInR5cGUiOiJ1c2VyIiwiZW1haWwiOiJhdmVyeS5xdWlubkBleGFtcGxlLmNvbSIsInBob25lIjoiKzE1NTU1NTUwMTQyIiwibmFtZSI6IkF2ZXJ5IFF1aW5uIiwib2ZmaWNlX2lkIjo1NzM4MjIxNDQ3MzY0NjA4fSwiZW50cnlfcG9pbnRfY2FsbF9pZCI6bnVsbCwiZW50cnlfcG9pbnRfdGFyZ2V0Ijp7ImlkIjo1NzM4MjIxNDQ3MzY0NjA4LCJ0eXBlIjoib2ZmaWNlIiwiZW1haWwiOiIiLCJwaG9uZSI6IisxNTU1NTU1MDEwMCIsIm5hbWUiOiJFeGFtcGxlIFdpZGdldHMgTWFpbiBMaW5lIiwib2ZmaWNlX2lkIjo1NzM4MjIxNDQ3MzY0NjA4fSwib3BlcmF0b3JfY2FsbF9pZCI6bnVsbCwicHJveHlfdGFyZ2V0Ijp7fSwiZ3JvdXBfaWQiOiJPZmZpY2U6NTczODIyMTQ0NzM2NDYwOCIsIm1hc3Rlcl9jYWxsX2lkIjpudWxsLCJpc19pbnRlcm5hbCI6ZmFsc2UsImlzX3RyYW5zZmVycmVkIjpmYWxzZSwidHJhbnNmZXJyZWRfZnJvbSI6e30sImNzYXRfc2NvcmUiOm51bGwsInJvdXRpbmdfYnJlYWRjcnVtYnMiOltdLCJldmVudF90aW1lc3RhbXAiOjE3NjcyNjE2MDEyMTAsIm1vc19zY29yZSI6bnVsbCwibGFiZWxzIjpbXSwid2FzX3JlY29yZGVkIjpmYWxzZSwidm9pY2VtYWlsX2xpbmsiOm51bGwsInZvaWNlbWFpbF9yZWNvcmRpbmdfaWQiOm51bGwsImNhbGxfcmVjb3JkaW5nX2lkcyI6W10sInRyYW5zY3JpcHRpb25fdGV4dCI6bnVsbCwicmVjb3JkaW5nX2RldGFpbHMiOltdLCJjb21wYW55X2NhbGxfcmV2aWV3X3NoYXJlX2xpbmsiOm51bGwsInB1YmxpY19jYWxsX3Jldmlld19zaGFyZV9saW5rIjpudWxsLCJpbnRlZ3JhdGlvbnMiOnt9fQ.gCf_R3wput-sDX4b9SAV-R6D8SAMuM0dL_LgHsDAxVo";
@@ -523,9 +514,7 @@ mod tests {
     /// A token with an arbitrary header and payload, correctly HMAC-signed with `secret`.
     fn token_with(header: &str, payload: &str, secret: &[u8]) -> String {
         let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-        let mut mac = new_mac(secret);
-        mac.update(input.as_bytes());
-        format!("{input}.{}", b64(&mac.finalize().into_bytes()))
+        format!("{input}.{}", b64(&mac_tag(secret, input.as_bytes())))
     }
 
     /// Removes JSON whitespace outside strings (same bytes as Python's compact `json.dumps` for
@@ -872,15 +861,11 @@ mod tests {
         // of the standard alphabet; a length that is no base64 at all.
         for payload in ["e30=", "e31", "e30+", "e30/", "e"] {
             let input = format!("{header}.{payload}");
-            let mut mac = new_mac(SECRET);
-            mac.update(input.as_bytes());
-            let token = format!("{input}.{}", b64(&mac.finalize().into_bytes()));
+            let token = format!("{input}.{}", b64(&mac_tag(SECRET, input.as_bytes())));
             assert_format_err(verify(&token), "payload_not_canonical_base64");
         }
         let input = format!("{header}.e30");
-        let mut mac = new_mac(SECRET);
-        mac.update(input.as_bytes());
-        let token = format!("{input}.{}", b64(&mac.finalize().into_bytes()));
+        let token = format!("{input}.{}", b64(&mac_tag(SECRET, input.as_bytes())));
         assert_eq!(verify(&token).unwrap(), json!({}));
     }
 
@@ -938,9 +923,7 @@ mod tests {
             b64(JWT_HEADER_JSON.as_bytes()),
             b64(b"{\"a\":\"\xff\"}")
         );
-        let mut mac = new_mac(SECRET);
-        mac.update(input.as_bytes());
-        let token = format!("{input}.{}", b64(&mac.finalize().into_bytes()));
+        let token = format!("{input}.{}", b64(&mac_tag(SECRET, input.as_bytes())));
         assert_format_err(verify(&token), "payload_not_json");
     }
 
