@@ -107,10 +107,9 @@ impl KeyHasher {
     /// Lookup hash of a key (64 lowercase hex chars).
     pub fn lookup(&self, key: &str) -> String {
         match &self.pepper {
-            Some(pepper) => hex::encode(crate::digest::hmac_sha256(
-                pepper.expose(),
-                key.as_bytes(),
-            )),
+            Some(pepper) => {
+                hex::encode(crate::digest::hmac_sha256(pepper.expose(), key.as_bytes()))
+            }
             None => hex::encode(crate::digest::sha256(key.as_bytes())),
         }
     }
