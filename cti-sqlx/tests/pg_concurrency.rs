@@ -537,204 +537,166 @@ async fn until_waiting(db: &TestDb, n: i64) {
     }
 }
 
-/// Pipelined inline batches whose first one turns out stale: the second batch, planned on top
-/// of the first, waits for it. When another applier commits first, the first batch runs again
-/// under the lock; the second sees that the batch it planned on did not commit and plans again
-/// (no second rerun): outbox numbers continue gap-free after the other applier's, and the call
-/// is the sequential merge.
+/// Two pipelined one-event batches of a call, and the app they ran for: another session
+/// runs `hold` (SQL over the app's row, `{schema}` and `$1` = the app's id) in a transaction,
+/// so the first batch's write waits for the row; the second batch reads and plans on top of
+/// the first meanwhile; then the other session commits or rolls back (`commit`).
+struct Pipelined {
+    store: Arc<PgStore>,
+    app: App,
+    call: u64,
+    events: Vec<Normalized>,
+    first: InsertProcessed,
+    second: InsertProcessed,
+}
+
+impl Pipelined {
+    async fn run(db: &TestDb, digit: &str, call: u64, hold: &str, commit: bool) -> Self {
+        use sqlx::Connection;
+
+        let s = Arc::new(db.store().await);
+        let app = new_app(&s, digit).await;
+        s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
+            .await
+            .unwrap();
+        let events = lifecycle(call);
+        let mut other = db.conn().await;
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query(&hold.replace("{schema}", &db.schema))
+            .bind(app.id.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let spawn = |i: usize| {
+            let s = s.clone();
+            let n = events[i].clone();
+            let event = NewInboxEvent {
+                id: Uuid::now_v7(),
+                app_id: app.id,
+                dedupe_key: format!("e{i}"),
+                event_type: Some("call".into()),
+                call_id: Some(DialpadId(call)),
+                state: None,
+                event_timestamp: n.call.as_ref().map(|c| c.event_ms),
+                payload: serde_json::json!({}).into(),
+                received_at: t0(),
+            };
+            tokio::spawn(async move {
+                s.inbox_insert_processed(
+                    std::slice::from_ref(&event),
+                    vec![Some(EventResult::Apply(Box::new(n)))],
+                    Duration::from_secs(30),
+                    t0(),
+                )
+                .await
+            })
+        };
+        let first = spawn(0);
+        until_waiting(db, 1).await;
+        let second = spawn(1);
+        // The second batch has read and planned (on top of the first) and waits for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.inline_batches_in_flight() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second batch never planned"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(
+            (&first.processed, &second.processed),
+            (&vec![true], &vec![true])
+        );
+        Pipelined {
+            store: s,
+            app,
+            call,
+            events,
+            first,
+            second,
+        }
+    }
+
+    /// Checks that the batches published `from`, `from + 1`, … in write order (at least one
+    /// message each), that the app's head is the last of them, and that the call is the
+    /// sequential merge of the two events.
+    async fn assert_sequential_from(&self, from: u64) {
+        let seqs: Vec<u64> = self
+            .first
+            .published
+            .iter()
+            .chain(&self.second.published)
+            .map(|p| p.seq)
+            .collect();
+        let n = seqs.len() as u64;
+        assert!(n >= 2, "{seqs:?}");
+        assert_eq!(
+            seqs,
+            (from..from + n).collect::<Vec<_>>(),
+            "numbered in write order"
+        );
+        assert_eq!(
+            self.store.event_heads().await.unwrap(),
+            vec![(self.app.id, from + n - 1)]
+        );
+        let got = self
+            .store
+            .get_call_by_dialpad_id(self.app.id, DialpadId(self.call))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            data(&got),
+            data(&sequential(self.app.id, &self.events[..2]))
+        );
+    }
+}
+
+/// Pipelined inline batches whose first one turns out stale: another applier (holding the
+/// app's row, with its generation moved and five outbox numbers assigned) commits first, so
+/// the first batch runs again under the lock; the second, planned on top of it, sees that the
+/// batch it planned on did not commit and plans again (no second rerun): outbox numbers
+/// continue gap-free after the other applier's, and the call is the sequential merge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_planned_on_a_stale_one_plans_again() {
-    use sqlx::Connection;
-
     let Some(db) = TestDb::new("replan").await else {
         return;
     };
-    let s = Arc::new(db.store().await);
-    let app = new_app(&s, "7").await;
-    s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
-        .await
-        .unwrap();
-    let call = 4_000_003;
-    let events = lifecycle(call);
-
-    // Another applier, mid-transaction: it holds the app's row, moved its generation and
-    // assigned five outbox numbers.
-    let mut other = db.conn().await;
-    let mut tx = other.begin().await.unwrap();
-    let apply = format!(
-        "UPDATE \"{}\".apps SET apply_gen = apply_gen + 1, last_event_seq = last_event_seq + 5 \
-         WHERE id = $1",
-        db.schema
-    );
-    sqlx::query(&apply)
-        .bind(app.id.0)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let spawn = |i: usize| {
-        let s = s.clone();
-        let n = events[i].clone();
-        let event = NewInboxEvent {
-            id: Uuid::now_v7(),
-            app_id: app.id,
-            dedupe_key: format!("e{i}"),
-            event_type: Some("call".into()),
-            call_id: Some(DialpadId(call)),
-            state: None,
-            event_timestamp: n.call.as_ref().map(|c| c.event_ms),
-            payload: serde_json::json!({}).into(),
-            received_at: t0(),
-        };
-        tokio::spawn(async move {
-            s.inbox_insert_processed(
-                std::slice::from_ref(&event),
-                vec![Some(EventResult::Apply(Box::new(n)))],
-                Duration::from_secs(30),
-                t0(),
-            )
-            .await
-        })
-    };
-    let first = spawn(0);
-    until_waiting(&db, 1).await;
-    let second = spawn(1);
-    // The second batch has read and planned (on top of the first) and waits for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while s.inline_batches_in_flight() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second batch never planned"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tx.commit().await.unwrap();
-
-    let first = first.await.unwrap().unwrap();
-    let second = second.await.unwrap().unwrap();
+    let apply = "UPDATE \"{schema}\".apps SET apply_gen = apply_gen + 1, \
+                 last_event_seq = last_event_seq + 5 WHERE id = $1";
+    let run = Pipelined::run(&db, "7", 4_000_003, apply, true).await;
     assert_eq!(
-        (first.processed, second.processed),
-        (vec![true], vec![true])
-    );
-    assert_eq!(
-        s.inline_reruns(),
+        run.store.inline_reruns(),
         1,
         "only the stale batch ran under the lock"
     );
-    let seqs: Vec<u64> = first
-        .published
-        .iter()
-        .chain(&second.published)
-        .map(|p| p.seq)
-        .collect();
-    let n = seqs.len() as u64;
-    assert!(n >= 2, "{seqs:?}");
-    assert_eq!(
-        seqs,
-        (6..6 + n).collect::<Vec<_>>(),
-        "numbered after the other applier's five, in write order"
-    );
-    assert_eq!(s.event_heads().await.unwrap(), vec![(app.id, 5 + n)]);
-    let got = s
-        .get_call_by_dialpad_id(app.id, DialpadId(call))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(data(&got), data(&sequential(app.id, &events[..2])));
+    run.assert_sequential_from(6).await;
 }
 
-/// Pipelined inline batches: a batch read while the previous batch's write still waits lays
-/// that batch over what it read, expects the generation it will set, and so writes
-/// optimistically right after it — no rerun — with the call and the outbox
-/// numbering as if the two had run one after the other.
+/// Pipelined inline batches: a batch read while the previous batch's write still waits (for a
+/// row another session holds without applying anything) lays that batch over what it read,
+/// expects the generation it will set, and so writes optimistically right after it — no
+/// rerun — with the call and the outbox numbering as if the two had run one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_read_while_the_previous_one_writes_builds_on_it() {
-    use sqlx::Connection;
-
     let Some(db) = TestDb::new("pipe").await else {
         return;
     };
-    let s = Arc::new(db.store().await);
-    let app = new_app(&s, "6").await;
-    s.upsert_mapping(app.id, DialpadId(12345), "crm_1", t0())
-        .await
-        .unwrap();
-    let call = 4_000_002;
-    let events = lifecycle(call);
-
-    // Something else holds the app's row (without applying anything): the first batch's write
-    // waits, the second batch reads and plans meanwhile.
-    let mut other = db.conn().await;
-    let mut tx = other.begin().await.unwrap();
-    let hold = format!(
-        "SELECT 1 FROM \"{}\".apps WHERE id = $1 FOR UPDATE",
-        db.schema
-    );
-    sqlx::query(&hold)
-        .bind(app.id.0)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let spawn = |i: usize| {
-        let s = s.clone();
-        let n = events[i].clone();
-        let event = NewInboxEvent {
-            id: Uuid::now_v7(),
-            app_id: app.id,
-            dedupe_key: format!("e{i}"),
-            event_type: Some("call".into()),
-            call_id: Some(DialpadId(call)),
-            state: None,
-            event_timestamp: n.call.as_ref().map(|c| c.event_ms),
-            payload: serde_json::json!({}).into(),
-            received_at: t0(),
-        };
-        tokio::spawn(async move {
-            s.inbox_insert_processed(
-                std::slice::from_ref(&event),
-                vec![Some(EventResult::Apply(Box::new(n)))],
-                Duration::from_secs(30),
-                t0(),
-            )
-            .await
-        })
-    };
-    let first = spawn(0);
-    until_waiting(&db, 1).await;
-    let second = spawn(1);
-    // The second batch has read and planned (on top of the first) and waits for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while s.inline_batches_in_flight() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second batch never planned"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tx.rollback().await.unwrap();
-
-    let first = first.await.unwrap().unwrap();
-    let second = second.await.unwrap().unwrap();
+    let hold = "SELECT 1 FROM \"{schema}\".apps WHERE id = $1 FOR UPDATE";
+    let run = Pipelined::run(&db, "6", 4_000_002, hold, false).await;
     assert_eq!(
-        (first.processed, second.processed),
-        (vec![true], vec![true])
+        run.store.inline_reruns(),
+        0,
+        "both batches wrote optimistically"
     );
-    assert_eq!(s.inline_reruns(), 0, "both batches wrote optimistically");
-    let seqs: Vec<u64> = first
-        .published
-        .iter()
-        .chain(&second.published)
-        .map(|p| p.seq)
-        .collect();
-    let n = seqs.len() as u64;
-    assert!(n >= 2, "{seqs:?}");
-    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "numbered in write order");
-    assert_eq!(s.event_heads().await.unwrap(), vec![(app.id, n)]);
-    let got = s
-        .get_call_by_dialpad_id(app.id, DialpadId(call))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(data(&got), data(&sequential(app.id, &events[..2])));
+    run.assert_sequential_from(1).await;
 }
 
 /// Two instances (separate pools) ingest the interleaved calls of two apps with inline batches
