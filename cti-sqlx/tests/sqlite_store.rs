@@ -779,27 +779,29 @@ async fn steady_writes_keep_the_wal_short() {
         .unwrap();
     let wal = dir.path().join("cti.db-wal");
     let payload = "x".repeat(1500);
-    // One event per commit, nearly back to back (a millisecond's rest every 25 commits keeps
-    // the rate near a busy server's, ~30 k frames/s): the writer is never idle long enough for
-    // a checkpoint to catch up on its own.
+    // One event per commit, nearly back to back (a millisecond's rest every 10 commits keeps
+    // the rate near a busy server's): the writer is never idle long enough for a checkpoint to
+    // catch up on its own.
     let mut commits = 0u64;
     while commits < 6000 {
         let mut e = ev(app.id, &format!("k{commits}"), Some(commits), None, t0());
         e.payload = serde_json::json!({"call_id": commits, "pad": payload}).into();
         s.inbox_insert(vec![e]).await.unwrap();
         commits += 1;
-        if commits % 25 == 0 {
+        if commits % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     let frames = std::fs::metadata(&wal).unwrap().len() / FRAME;
     // Each commit logs at least its inbox page, the pages of three indexes and page 1, so
-    // well over 10,000 frames went through the WAL; its file never held more than ~4,000 of
-    // them plus what was committed during one restart (without the restarts it reaches the
-    // writer's autocheckpoint: 10,000 frames and more).
+    // about 30,000 frames went through the WAL. The file keeps its longest extent (the size
+    // limit is above 10,000 frames): had the writer's autocheckpoint ever restarted the log,
+    // the file would hold at least its 10,000 frames. Normally it holds ~4,000 plus what was
+    // committed during one restart; 9,038 was seen on a machine five times slower than usual,
+    // when the bound was 9,000 and the rest came every 25 commits.
     assert!(frames > 1000, "the WAL was used: {frames} frames");
     assert!(
-        frames < 9000,
+        frames < 10_000,
         "the WAL grew to {frames} frames: it was not restarted before the writer's autocheckpoint"
     );
 }
