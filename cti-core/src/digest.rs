@@ -1,10 +1,11 @@
 //! SHA-256 and HMAC-SHA256, the hashes of the ingest hot path (JWT and header signatures, the
 //! body-hash dedupe key, API key lookups).
 //!
-//! Backed by `ring`, whose SHA-256 uses the CPU's vector units (SHA extensions, AVX2 or SSSE3,
-//! chosen at run time): on the project's 2-core machine, which has no SHA extensions, an
-//! HMAC of a 1.8 kB webhook costs about 0.55× the time of the portable `sha2` implementation
-//! (docs/performance.md, 2026-12-01 l). Both hashes run once per webhook.
+//! Backed by `ring`, whose SHA-256 picks the CPU's fastest code at run time (SHA extensions,
+//! else AVX2 or SSSE3). `sha2` 0.10 uses the SHA extensions too, but without them it falls back
+//! to portable code: on a host without them (the project's machine on 2026-12-01) an HMAC of a
+//! 1.8 kB webhook costs about 0.55× the time with `ring` (docs/performance.md, 2026-12-01 l).
+//! Both hashes run once per webhook.
 
 use ring::{digest, hmac};
 
