@@ -141,7 +141,7 @@ pub struct CtiConfig {
     pub key_recheck: Duration,
     /// Concurrent inbox write batches (group commit; default 4). Each writer is a task of the
     /// runtime that calls [`Cti::start`], or a thread of its own (`cti-writer-<n>`) when the
-    /// store's writes block ([`InboxStore::blocking_writes`]).
+    /// store asks for that ([`InboxStore::writer_threads`]).
     pub ingest_writers: usize,
     /// Largest group-commit batch (default 256).
     pub ingest_batch: usize,
@@ -1158,7 +1158,7 @@ impl Cti {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         if let Some(rx) = self.inner.insert_rx.lock().take() {
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            let own_threads = self.inner.store.blocking_writes();
+            let own_threads = self.inner.store.writer_threads();
             for n in 0..self.inner.config.ingest_writers.max(1) {
                 let writer = || insert_writer(self.clone(), rx.clone(), ready_rx.clone());
                 if own_threads {
@@ -1304,12 +1304,13 @@ async fn insert_writer(
     }
 }
 
-/// Runs an ingest `writer` on a thread of its own (named `cti-writer-<n>`), in a
-/// current-thread runtime: for stores whose writes block the calling thread
-/// ([`InboxStore::blocking_writes`]). As a task of the server's runtime, such a writer held a
-/// worker for each transaction (`block_in_place` hands the worker's other tasks over) and,
-/// between two batches, waited for its turn behind the requests its last batch had just
-/// answered — the database stood idle meanwhile (docs/performance.md, 2026-11-30 g).
+/// Runs an ingest `writer` on a thread of its own (named `cti-writer-<n>`, marked for
+/// [`crate::store::on_writer_thread`]), in a current-thread runtime, for stores that ask for it
+/// ([`InboxStore::writer_threads`]). As a task of the server's runtime, a SQLite writer held a
+/// worker for each transaction (`block_in_place` hands the worker's other tasks over), and
+/// every writer, between two batches or two round trips of one, waited for its turn behind
+/// the requests its last batch had just answered — the database stood idle meanwhile
+/// (docs/performance.md, 2026-11-30 g and 2026-12-01 m).
 ///
 /// The returned task only holds the thread's stop signal: aborting it (as
 /// [`Running::shutdown`] does with every task) or dropping it with its runtime stops the
@@ -1325,6 +1326,7 @@ fn spawn_writer_thread(
     std::thread::Builder::new()
         .name(format!("cti-writer-{n}"))
         .spawn(move || {
+            crate::store::mark_writer_thread();
             rt.block_on(async move {
                 tokio::select! {
                     () = writer => {}

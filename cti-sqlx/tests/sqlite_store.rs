@@ -12,7 +12,7 @@ use cti_sqlx::SqliteStore;
 use cti_sqlx::sqlite::{MIGRATOR, MigrationError};
 use uuid::Uuid;
 
-mod sqlite_support;
+mod facade_support;
 
 fn t0() -> Timestamp {
     chrono::Utc
@@ -633,7 +633,7 @@ async fn failed_inline_processing_falls_back_to_the_processor() {
         .await
         .unwrap();
     let body = br#"{"event_type":"call.ring","call_id":4242,"direction":"inbound"}"#;
-    let event_id = sqlite_support::ingest_json(&cti, b"W", key.expose(), body).await;
+    let event_id = facade_support::ingest_json(&cti, b"W", key.expose(), body).await;
     let stored = store.inbox_get(None, event_id).await.unwrap().unwrap();
     assert_ne!(
         stored.status,
@@ -729,7 +729,7 @@ async fn webhooks_are_answered_without_waiting_for_the_bus() {
             format!(r#"{{"event_type":"call.ring","call_id":{call},"direction":"inbound"}}"#);
         tokio::time::timeout(
             Duration::from_secs(5),
-            sqlite_support::ingest_json(&cti, b"W", key.expose(), body.as_bytes()),
+            facade_support::ingest_json(&cti, b"W", key.expose(), body.as_bytes()),
         )
         .await
         .expect("answered while the bus is stuck");

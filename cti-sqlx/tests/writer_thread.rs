@@ -1,5 +1,5 @@
 //! On SQLite, `Cti::start` runs the ingest writer on a thread of its own
-//! (`InboxStore::blocking_writes`), and `Running::shutdown` ends that thread.
+//! (`InboxStore::writer_threads`), and `Running::shutdown` ends that thread.
 //!
 //! A test file of its own: it counts the threads of this process by name, so no other test
 //! may start a `Cti` in the same process meanwhile.
@@ -14,8 +14,8 @@ use cti_core::store::{InboxStore, RecordStore};
 use cti_core::{Cti, CtiConfig};
 use cti_sqlx::SqliteStore;
 
-mod sqlite_support;
-use sqlite_support::ingest_json;
+mod facade_support;
+use facade_support::ingest_json;
 
 /// Names (`comm`) of this process's threads.
 fn thread_names() -> Vec<String> {
@@ -52,7 +52,7 @@ async fn sqlite_ingest_writes_on_its_own_thread_until_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("cti.db").display());
     let store = SqliteStore::open(&url).await.unwrap();
-    assert!(store.blocking_writes());
+    assert!(store.writer_threads());
     let cti = Cti::builder()
         .store(Arc::new(store.clone()))
         .config(CtiConfig {

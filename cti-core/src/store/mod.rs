@@ -166,6 +166,24 @@ pub trait AppStore: Send + Sync {
     async fn list_audit(&self, id: AppId, page: PageRequest) -> StoreResult<Page<AuditEntry>>;
 }
 
+thread_local! {
+    static WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `true` on a thread that [`Cti::start`](crate::Cti::start) runs an ingest writer on (see
+/// [`InboxStore::writer_threads`]): a store may keep per-thread resources there — a database
+/// connection driven by that thread's runtime, say — for the writer's batches. Such a thread
+/// runs nothing but its writer, and its resources go with it when [`Running::shutdown`]
+/// (crate::Running::shutdown) ends it.
+pub fn on_writer_thread() -> bool {
+    WRITER_THREAD.with(std::cell::Cell::get)
+}
+
+/// Marks the current thread as an ingest writer's thread (see [`on_writer_thread`]).
+pub(crate) fn mark_writer_thread() {
+    WRITER_THREAD.with(|w| w.set(true));
+}
+
 /// The durable webhook inbox and the realtime outbox.
 #[async_trait]
 pub trait InboxStore: Send + Sync {
@@ -210,12 +228,22 @@ pub trait InboxStore: Send + Sync {
         false
     }
 
-    /// `true` when this store's inbox writes run synchronously, holding the calling thread for
-    /// the whole transaction (SQLite's direct transactions). [`Cti::start`](crate::Cti::start)
-    /// then runs each ingest writer on a thread of its own instead of as a task of the
-    /// caller's runtime, so that a write never holds a runtime worker and the writer never
-    /// waits behind the runtime's queue of requests between two batches. Default `false`.
-    fn blocking_writes(&self) -> bool {
+    /// `true` when [`Cti::start`](crate::Cti::start) should run each ingest writer on a thread
+    /// of its own (`cti-writer-<n>`, a current-thread runtime) instead of as a task of the
+    /// caller's runtime. Two kinds of store want that:
+    ///
+    /// * stores whose inbox writes run synchronously, holding the calling thread for the whole
+    ///   transaction (SQLite's direct transactions): on a runtime worker a write would hold
+    ///   the worker;
+    /// * stores whose batch is a chain of round trips to a database server (PostgreSQL): as a
+    ///   task, the writer waits behind the runtime's queue of requests at every reply — the
+    ///   requests its own last batch just answered among them — while the database stands
+    ///   idle. On its own thread it is woken the moment a reply arrives. Such a store may keep
+    ///   a connection of its own per writer thread ([`on_writer_thread`] tells it where it
+    ///   runs), so that the connection's socket is driven by that thread's runtime too.
+    ///
+    /// Default `false`.
+    fn writer_threads(&self) -> bool {
         false
     }
 

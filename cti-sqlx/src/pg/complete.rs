@@ -229,9 +229,9 @@ async fn by_keys(
     let apps: Vec<Uuid> = keys.iter().map(|(a, _)| a.0).collect();
     let ids: Vec<i64> = keys.iter().map(|(_, id)| id.as_i64()).collect();
     let sql = format!(
-        "SELECT {cols} FROM {table_alias}
-         JOIN UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
-           ON {alias}.app_id = k.app_id AND {alias}.{key_col} = k.id"
+        "SELECT {cols} FROM UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
+         CROSS JOIN LATERAL (SELECT * FROM {table_alias}
+           WHERE {alias}.app_id = k.app_id AND {alias}.{key_col} = k.id LIMIT 1) {alias}"
     );
     sqlx::query(&sql)
         .bind(apps)
@@ -315,9 +315,10 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
             {}
          FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
               AS k(kind, app_id, call_id, user_id)
-         LEFT JOIN calls c
-           ON k.kind = 'c' AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id
-         LEFT JOIN apps ap ON k.kind = 'a' AND ap.id = k.app_id",
+         LEFT JOIN LATERAL (SELECT * FROM calls c WHERE k.kind = 'c'
+              AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id LIMIT 1) c ON true
+         LEFT JOIN LATERAL (SELECT * FROM apps ap WHERE k.kind = 'a' AND ap.id = k.app_id
+              LIMIT 1) ap ON true",
         *CALL_COLS_C
     )
 });

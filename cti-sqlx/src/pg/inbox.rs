@@ -141,11 +141,22 @@ impl InboxStore for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(mut own) = self.own_connection().await? {
+            let outcomes = insert_in(&mut own, &events, None).await?;
+            own.keep();
+            return Ok(outcomes);
+        }
         let mut conn = self.pool.acquire().await.map_err(pg_err)?;
         insert_in(&mut conn, &events, None).await
     }
 
     fn processes_inline(&self) -> bool {
+        true
+    }
+
+    /// A batch is a chain of round trips: each writer gets a thread, and a connection, of its
+    /// own ([`own`](super::own)).
+    fn writer_threads(&self) -> bool {
         true
     }
 
@@ -162,36 +173,23 @@ impl InboxStore for PgStore {
         let _ = lease; // The rows are born finished: the statement is the lease.
         // PostgreSQL keeps microseconds: store and publish the same processing time.
         let now = chrono::SubsecRound::round_subsecs(now, 6);
+        if let Some(mut own) = self.own_connection().await? {
+            let report = self
+                .insert_processed_on(&mut own, news, results, now)
+                .await?;
+            own.keep();
+            return Ok(report);
+        }
         let mut conn = self.pool.acquire().await.map_err(pg_err)?;
-        // Held until the locked run below is over (see `pipeline`).
-        let (results, _hold) = if self.optimistic_inline {
-            match optimistic_batch(&self.pipeline, &mut conn, news, results, now).await? {
-                Ok(report) => return Ok(report),
-                // Another applier got in between, or an event was stored already: again, under
-                // the locks.
-                Err(fallback) => (fallback.results, fallback.hold),
-            }
-        } else {
-            (results, None)
-        };
-        // The apps' row locks first (as every applier takes them), sent with the `BEGIN` (one
-        // round trip): the per-call check below then sees every event an earlier applier of
-        // these apps committed.
-        let mut apps: Vec<Uuid> = news.iter().map(|e| e.app_id.0).collect();
-        apps.sort_unstable();
-        apps.dedup();
-        let error = match conn.begin_with(begin_locking(&apps)).await {
-            Ok(mut tx) => {
-                let report = locked_batch(&mut tx, news, results, now).await?;
-                tx.commit().await.map_err(pg_err)?;
-                return Ok(report);
-            }
-            Err(e) => e,
-        };
-        // The lock may have failed inside the opened transaction: never hand that connection
-        // to anyone else.
-        conn.close_on_drop();
-        Err(pg_err(error))
+        let report = self
+            .insert_processed_on(&mut conn, news, results, now)
+            .await;
+        if report.is_err() {
+            // It may have failed inside an opened transaction: never hand that connection to
+            // anyone else.
+            conn.close_on_drop();
+        }
+        report
     }
 
     async fn inbox_claim(
@@ -423,6 +421,44 @@ impl InboxStore for PgStore {
             .await
             .map_err(pg_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+impl PgStore {
+    /// [`InboxStore::inbox_insert_processed`] of a non-empty batch over `conn`: optimistic
+    /// first (when enabled), under the apps' row locks if that finds its state stale. After an
+    /// error `conn` may be inside a transaction: the caller closes it.
+    async fn insert_processed_on(
+        &self,
+        conn: &mut PgConnection,
+        news: &[NewInboxEvent],
+        results: Vec<Option<EventResult>>,
+        now: Timestamp,
+    ) -> StoreResult<InsertProcessed> {
+        // Held until the locked run below is over (see `pipeline`).
+        let (results, _hold) = if self.optimistic_inline {
+            match optimistic_batch(&self.pipeline, &mut *conn, news, results, now).await? {
+                Ok(report) => return Ok(report),
+                // Another applier got in between, or an event was stored already: again, under
+                // the locks.
+                Err(fallback) => (fallback.results, fallback.hold),
+            }
+        } else {
+            (results, None)
+        };
+        // The apps' row locks first (as every applier takes them), sent with the `BEGIN` (one
+        // round trip): the per-call check below then sees every event an earlier applier of
+        // these apps committed.
+        let mut apps: Vec<Uuid> = news.iter().map(|e| e.app_id.0).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        let mut tx = conn
+            .begin_with(begin_locking(&apps))
+            .await
+            .map_err(pg_err)?;
+        let report = locked_batch(&mut tx, news, results, now).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(report)
     }
 }
 

@@ -39,6 +39,7 @@ mod bus;
 mod complete;
 mod dialpad;
 mod inbox;
+mod own;
 mod pipeline;
 mod records;
 pub(crate) mod rows;

@@ -8,7 +8,7 @@
 //! The hot write paths — inbox inserts, inline processing, completions — therefore run the
 //! whole `BEGIN IMMEDIATE … COMMIT` synchronously through rusqlite (same `libsqlite3-sys`, so
 //! the same SQLite library), with cached prepared single-row statements. The ingest writer
-//! calls it from a thread of its own (`InboxStore::blocking_writes`: `Cti::start` runs it on
+//! calls it from a thread of its own (`InboxStore::writer_threads`: `Cti::start` runs it on
 //! a current-thread runtime there); a caller on a multi-threaded runtime's worker (the
 //! processor, administrative writes) runs it inside `tokio::task::block_in_place`, so the
 //! runtime moves that worker's other tasks to another thread.

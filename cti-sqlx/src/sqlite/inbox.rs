@@ -62,7 +62,7 @@ impl InboxStore for SqliteStore {
     }
 
     /// The hot writes are direct rusqlite transactions (`direct.rs`): synchronous.
-    fn blocking_writes(&self) -> bool {
+    fn writer_threads(&self) -> bool {
         true
     }
 

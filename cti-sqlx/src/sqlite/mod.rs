@@ -9,9 +9,9 @@
 //!   connection thread (ping on acquire and on release) plus a spawned task, more than the
 //!   statements of a small transaction. The hot write transactions (inbox inserts, inline
 //!   processing, completions) run in one synchronous call through rusqlite instead of
-//!   statement by statement through sqlx (`direct.rs`); the rest use sqlx. The store reports
-//!   its writes as blocking (`InboxStore::blocking_writes`), so `Cti` runs its ingest writer
-//!   on a thread of its own. Reads use a small pool (WAL readers never block the writer).
+//!   statement by statement through sqlx (`direct.rs`); the rest use sqlx. Those writes block,
+//!   so the store asks for writer threads (`InboxStore::writer_threads`): `Cti` runs its
+//!   ingest writer on a thread of its own. Reads use a small pool (WAL readers never block the writer).
 //! * WAL checkpoints run on their own connection in the background
 //!   (`PRAGMA wal_checkpoint(PASSIVE)` every 50 ms while writing), so commits never wait for the
 //!   checkpoint's `fsync`; the same task makes the log restart every few thousand frames,

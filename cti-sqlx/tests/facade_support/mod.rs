@@ -1,4 +1,4 @@
-//! Helpers shared by the SQLite test files that drive a started `Cti`.
+//! Helpers shared by the test files that drive a started `Cti` (SQLite and PostgreSQL).
 
 use cti_core::Cti;
 use cti_core::inbox::{IngestOutcome, WebhookRequest};
