@@ -78,7 +78,9 @@ pub struct PgOptions {
     /// Schema holding every table and the migration ledger (default `cti`). Must match
     /// `[a-z_][a-z0-9_]*` and be at most 63 bytes.
     pub schema: String,
-    /// Maximum pooled connections (default 10).
+    /// Maximum pooled connections (default 10). Each ingest writer thread of a started `Cti`
+    /// holds one more connection of its own, outside the pool (see
+    /// [`InboxStore::writer_threads`](cti_core::store::InboxStore::writer_threads)).
     pub max_connections: u32,
     /// How long a call waits for a connection before failing with
     /// [`StoreError::Unavailable`] (default 5 s).
