@@ -24,12 +24,15 @@
 //! The writer runs the same few prepared statements over and over on this one connection, so
 //! PostgreSQL soon plans them once (a generic plan) instead of at every execution: that saved
 //! about a fifth of PostgreSQL's CPU per event (docs/performance.md, 2026-12-01 m). Its reads
-//! look rows up through `LATERAL` subqueries by their unique keys, which any plan serves with
-//! an index lookup per key. But a generic plan is kept until something invalidates it — an
-//! `ANALYZE` does, a table's growth does not — and one made while the tables were nearly
-//! empty (a fresh database) may have picked a worse index among equally cheap ones. So the
-//! connection drops its cached plans every [`REPLAN_EVERY`] (`DISCARD PLANS`), and the next
-//! plan sees the tables as they are by then.
+//! look rows up through `LATERAL` subqueries by their unique keys. But a generic plan is kept
+//! until something invalidates it — an `ANALYZE` does, a table's growth does not — and one
+//! made while a table is nearly empty (a fresh database, before autovacuum has analysed it)
+//! may look a call up through another index that starts with `app_id` (PostgreSQL sees them
+//! as equally cheap then) and so scan all of the app's calls per lookup, more and more of them
+//! as the table grows: at 2,000 webhooks/s that took the p99 to seconds. So the connection
+//! drops its cached plans (`DISCARD PLANS`) 1 s after it opened, then after 2, 4, 8, 16 and
+//! 32 s more, then every minute ([`Replan`]): a plan made on near-empty tables lives about as
+//! long as the tables have existed, and the next one sees them as they are by then.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -44,16 +47,47 @@ use super::pipeline::Pipeline;
 use super::rows::pg_err;
 use super::{PING_IF_IDLE_FOR, PgStore};
 
-/// How long the writer's connection keeps its cached plans (see "Cached plans" above).
-const REPLAN_EVERY: Duration = Duration::from_secs(60);
+/// When the writer's connection next drops its cached plans (see "Cached plans" above).
+#[derive(Clone, Copy, Debug)]
+struct Replan {
+    /// Since the connection opened or last dropped its plans.
+    since: Instant,
+    /// How long after `since`.
+    after: Duration,
+}
+
+impl Replan {
+    /// The first interval, doubled after each drop up to [`Replan::LAST`].
+    const FIRST: Duration = Duration::from_secs(1);
+    const LAST: Duration = Duration::from_secs(60);
+
+    fn new(now: Instant) -> Self {
+        Replan {
+            since: now,
+            after: Self::FIRST,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= self.after
+    }
+
+    /// The schedule after a drop at `now`.
+    fn next(self, now: Instant) -> Self {
+        Replan {
+            since: now,
+            after: (self.after * 2).min(Self::LAST),
+        }
+    }
+}
 
 /// A writer thread's connection: whose store it serves (the store's pipeline, shared by its
-/// clones), when it was last handed back, and since when it has cached its plans.
+/// clones), when it was last handed back, and when it drops its cached plans next.
 struct Slot {
     store: Weak<Pipeline>,
     conn: PgConnection,
     idle_since: Instant,
-    plans_since: Instant,
+    replan: Replan,
 }
 
 thread_local! {
@@ -65,7 +99,7 @@ thread_local! {
 pub(super) struct Own {
     store: Weak<Pipeline>,
     conn: PgConnection,
-    plans_since: Instant,
+    replan: Replan,
 }
 
 impl Own {
@@ -75,7 +109,7 @@ impl Own {
             store: self.store,
             conn: self.conn,
             idle_since: Instant::now(),
-            plans_since: self.plans_since,
+            replan: self.replan,
         };
         SLOT.with(|s| *s.borrow_mut() = Some(slot));
     }
@@ -97,7 +131,7 @@ impl DerefMut for Own {
 impl PgStore {
     /// On an ingest writer's thread, its own connection to this store's database (opened on
     /// first use with the pool's connect options and this store's `search_path`; pinged first
-    /// when it sat idle for a while; its cached plans dropped every [`REPLAN_EVERY`]); `None`
+    /// when it sat idle for a while; its cached plans dropped as [`Replan`] says); `None`
     /// elsewhere.
     pub(super) async fn own_connection(&self) -> StoreResult<Option<Own>> {
         if !on_writer_thread() {
@@ -116,7 +150,7 @@ impl PgStore {
         Ok(Some(Own {
             store,
             conn,
-            plans_since: Instant::now(),
+            replan: Replan::new(Instant::now()),
         }))
     }
 
@@ -125,14 +159,15 @@ impl PgStore {
         if slot.idle_since.elapsed() >= PING_IF_IDLE_FOR {
             slot.conn.ping().await.ok()?;
         }
-        if slot.plans_since.elapsed() >= REPLAN_EVERY {
+        let now = Instant::now();
+        if slot.replan.due(now) {
             slot.conn.execute("DISCARD PLANS").await.ok()?;
-            slot.plans_since = Instant::now();
+            slot.replan = slot.replan.next(now);
         }
         Some(Own {
             store: slot.store,
             conn: slot.conn,
-            plans_since: slot.plans_since,
+            replan: slot.replan,
         })
     }
 
@@ -172,7 +207,29 @@ fn writer_name(pool: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::writer_name;
+    use super::{Replan, writer_name};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn plans_are_dropped_after_1_2_4_8_16_32_then_every_60_seconds() {
+        let t0 = Instant::now();
+        let s = |n: u64| Duration::from_secs(n);
+        let mut r = Replan::new(t0);
+        let mut drops = Vec::new();
+        // Every 100 ms over ten minutes, as batches would come.
+        for tick in 1..=6000u64 {
+            let now = t0 + Duration::from_millis(100 * tick);
+            if r.due(now) {
+                drops.push(now.duration_since(t0));
+                r = r.next(now);
+            }
+        }
+        let expect: Vec<Duration> = [1, 3, 7, 15, 31, 63, 123, 183, 243, 303, 363, 423, 483, 543]
+            .into_iter()
+            .map(s)
+            .collect();
+        assert_eq!(drops, expect);
+    }
 
     #[test]
     fn the_writer_is_named_after_the_pool() {
