@@ -27,7 +27,7 @@ use super::PgStore;
 use super::pipeline::{self, Overlay};
 use super::rows::*;
 use super::write::{self, InboxRows, Written};
-use crate::batch::{self, Item, Key, Keys, Loaded, Plan, qualified};
+use crate::batch::{self, Item, Key, Loaded, Plan, qualified};
 use crate::common;
 
 /// Row locks (in id order) and new generations of the apps of the given events.
@@ -45,8 +45,20 @@ const FINISH_SQL: &str = "UPDATE webhook_events w
     RETURNING w.id, w.app_id";
 
 static CALL_COLS_C: LazyLock<String> = LazyLock::new(|| qualified(CALL_COLS, "c"));
-static VOICEMAIL_COLS_V: LazyLock<String> = LazyLock::new(|| qualified(VOICEMAIL_COLS, "v"));
-static MESSAGE_COLS_M: LazyLock<String> = LazyLock::new(|| qualified(MESSAGE_COLS, "m"));
+/// The voicemail and message columns of [`STATE_SQL`], named `v_…` and `ms_…`.
+static RECORD_COLS_STATE: LazyLock<String> = LazyLock::new(|| {
+    let prefixed = |cols: &str, alias: &str| {
+        cols.split(',')
+            .map(|c| format!("{alias}.{0} AS {alias}_{0}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{}, {}",
+        prefixed(VOICEMAIL_COLS, "v"),
+        prefixed(MESSAGE_COLS, "ms")
+    )
+});
 
 impl PgStore {
     /// Completes `items` in one transaction. The outer result fails (nothing was written) when
@@ -97,8 +109,8 @@ pub(super) async fn complete_in(
 
 /// [`complete_in`] after the app locks and the lease check: `held` are the items whose events
 /// this transaction holds and already carry their final status (with their apps). `state`:
-/// what was already read under the app locks for (at least) these items ([`read_state`]);
-/// `None` reads it here.
+/// what was already read under the app locks for (at least) these items ([`read_state`]:
+/// their calls, records, users and apps); `None` reads it here.
 pub(super) async fn apply_held(
     tx: &mut PgConnection,
     items: &[Completion],
@@ -149,7 +161,8 @@ pub(super) async fn plan_held(
         Some(state) => state,
         None => read_state(&mut *conn, &StateKeys::of_items(&applying), false).await?,
     };
-    let keys = load_records(&mut *conn, &applying, &mut loaded).await?;
+    // The state read covered the voicemails and messages of (at least) these items.
+    let keys = batch::keys(&applying);
     for o in overlays {
         o.apply_records(&mut loaded, &keys);
     }
@@ -242,10 +255,13 @@ async fn by_keys(
 }
 
 /// The keys of [`read_state`]: calls (with the mapping of their stored user and, on request,
-/// whether they have unfinished inbox events), users named by events, and apps.
+/// whether they have unfinished inbox events), voicemails (by call) and messages, users named
+/// by events, and apps.
 #[derive(Default)]
 pub(super) struct StateKeys {
     pub calls: Vec<Key>,
+    pub voicemails: Vec<Key>,
+    pub messages: Vec<Key>,
     pub users: Vec<Key>,
     pub apps: Vec<AppId>,
 }
@@ -262,14 +278,17 @@ impl StateKeys {
         users.dedup();
         StateKeys {
             calls: keys.calls,
+            voicemails: keys.voicemails,
+            messages: keys.messages,
             users,
             apps: keys.apps,
         }
     }
 
     /// What an inline batch reads before its insert: every call its events name (for the
-    /// per-call order check) or change, the users they name, their apps. A superset of what
-    /// the events that end up applied need (duplicates and held-back events drop out later).
+    /// per-call order check) or change, the voicemails and messages they change, the users
+    /// they name, their apps. A superset of what the events that end up applied need
+    /// (duplicates and held-back events drop out later).
     pub(super) fn of_batch(events: &[NewInboxEvent], results: &[Option<EventResult>]) -> Self {
         let mut k = StateKeys::default();
         for (e, r) in events.iter().zip(results) {
@@ -280,13 +299,24 @@ impl StateKeys {
             if let Some(EventResult::Apply(n)) = r {
                 if let Some(c) = call_key(n) {
                     k.calls.push((e.app_id, c));
+                    if n.voicemail.is_some() {
+                        k.voicemails.push((e.app_id, c));
+                    }
+                }
+                if let Some(m) = n.message.as_ref().and_then(|m| m.dialpad_message_id) {
+                    k.messages.push((e.app_id, m));
                 }
                 if let Some(u) = target_user(n, None) {
                     k.users.push((e.app_id, u));
                 }
             }
         }
-        for v in [&mut k.calls, &mut k.users] {
+        for v in [
+            &mut k.calls,
+            &mut k.voicemails,
+            &mut k.messages,
+            &mut k.users,
+        ] {
             v.sort_unstable_by_key(|(a, id)| (a.0, id.as_i64()));
             v.dedup();
         }
@@ -298,9 +328,12 @@ impl StateKeys {
 
 /// One statement for everything a batch reads (under its apps' row locks, or — an inline
 /// batch — before taking them), a row per key: `c` rows (a call: its stored row if any, the CRM
-/// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `u`
-/// rows (the CRM user of a Dialpad user) and `a` rows (an app's last outbox sequence number and
-/// apply generation). Several small statements would cost a round trip each.
+/// user of its stored Dialpad user, and with `$5` whether it has unfinished inbox events), `v`
+/// and `m` rows (a call's voicemail, a message: the stored row if any; the key's id in
+/// `call_id`), `u` rows (the CRM user of a Dialpad user) and `a` rows (an app's last outbox
+/// sequence number and apply generation). Several small statements would cost a round trip
+/// each. Rows are looked up through `LATERAL` subqueries by their unique keys, which any plan —
+/// the generic plan of a prepared statement among them — serves with index lookups.
 static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT k.kind, k.app_id AS key_app, k.call_id AS key_call, k.user_id AS key_user,
@@ -312,14 +345,18 @@ static STATE_SQL: LazyLock<String> = LazyLock::new(|| {
             (SELECT m.crm_user_id FROM dialpad_user_mappings m
               WHERE m.app_id = k.app_id AND m.dialpad_user_id =
                     CASE WHEN k.kind = 'u' THEN k.user_id ELSE c.dialpad_user_id END) AS crm_user,
-            {}
+            {}, {}
          FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::int8[])
               AS k(kind, app_id, call_id, user_id)
          LEFT JOIN LATERAL (SELECT * FROM calls c WHERE k.kind = 'c'
               AND c.app_id = k.app_id AND c.dialpad_call_id = k.call_id LIMIT 1) c ON true
+         LEFT JOIN LATERAL (SELECT * FROM voicemails v WHERE k.kind = 'v'
+              AND v.app_id = k.app_id AND v.dialpad_call_id = k.call_id LIMIT 1) v ON true
+         LEFT JOIN LATERAL (SELECT * FROM messages ms WHERE k.kind = 'm'
+              AND ms.app_id = k.app_id AND ms.dialpad_message_id = k.call_id LIMIT 1) ms ON true
          LEFT JOIN LATERAL (SELECT * FROM apps ap WHERE k.kind = 'a' AND ap.id = k.app_id
               LIMIT 1) ap ON true",
-        *CALL_COLS_C
+        *CALL_COLS_C, *RECORD_COLS_STATE
     )
 });
 
@@ -333,15 +370,19 @@ pub(super) struct State {
     pub gens: Vec<(AppId, i64)>,
 }
 
-/// Reads the calls, user mappings, sequence numbers and generations of `keys` in one
-/// statement ([`STATE_SQL`]); with `blocking`, also the keyed calls that have unfinished inbox
-/// events.
+/// Reads the calls, voicemails, messages, user mappings, sequence numbers and generations of
+/// `keys` in one statement ([`STATE_SQL`]); with `blocking`, also the keyed calls that have
+/// unfinished inbox events.
 pub(super) async fn read_state(
     conn: &mut PgConnection,
     keys: &StateKeys,
     blocking: bool,
 ) -> StoreResult<State> {
-    let n = keys.calls.len() + keys.users.len() + keys.apps.len();
+    let n = keys.calls.len()
+        + keys.voicemails.len()
+        + keys.messages.len()
+        + keys.users.len()
+        + keys.apps.len();
     let (mut kinds, mut apps, mut calls, mut users) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -352,6 +393,12 @@ pub(super) async fn read_state(
         .calls
         .iter()
         .map(|&(a, c)| ("c", a, Some(c), None))
+        .chain(
+            keys.voicemails
+                .iter()
+                .map(|&(a, c)| ("v", a, Some(c), None)),
+        )
+        .chain(keys.messages.iter().map(|&(a, m)| ("m", a, Some(m), None)))
         .chain(keys.users.iter().map(|&(a, u)| ("u", a, None, Some(u))))
         .chain(keys.apps.iter().map(|&a| ("a", a, None, None)));
     for (kind, app, call, user) in rows {
@@ -389,6 +436,22 @@ pub(super) async fn read_state(
                     loaded.calls.insert((app, call), c);
                 }
             }
+            "v" => {
+                if col::<Option<Uuid>>(r, "v_id")?.is_some() {
+                    let call = did(col(r, "key_call")?)?;
+                    loaded
+                        .voicemails
+                        .insert((app, call), voicemail_from_row_as(r, "v_")?);
+                }
+            }
+            "m" => {
+                if col::<Option<Uuid>>(r, "ms_id")?.is_some() {
+                    let message = did(col(r, "key_call")?)?;
+                    loaded
+                        .messages
+                        .insert((app, message), message_from_row_as(r, "ms_")?);
+                }
+            }
             "u" => {
                 let user = did(col(r, "key_user")?)?;
                 loaded.crm_users.insert((app, user), col(r, "crm_user")?);
@@ -408,43 +471,6 @@ pub(super) async fn read_state(
         blocked,
         gens,
     })
-}
-
-/// Adds the voicemails and messages `items` touch to `loaded` (one statement per kind, only
-/// when some item has one); returns the keys `items` touch.
-async fn load_records(
-    conn: &mut PgConnection,
-    items: &[Item<'_>],
-    loaded: &mut Loaded,
-) -> StoreResult<Keys> {
-    let keys = batch::keys(items);
-    let vms = by_keys(
-        conn,
-        "voicemails v",
-        &VOICEMAIL_COLS_V,
-        "dialpad_call_id",
-        &keys.voicemails,
-    )
-    .await?;
-    for r in vms {
-        let v = voicemail_from_row(&r)?;
-        if let Some(k) = v.dialpad_call_id {
-            loaded.voicemails.insert((v.app_id, k), v);
-        }
-    }
-    let msgs = by_keys(
-        conn,
-        "messages m",
-        &MESSAGE_COLS_M,
-        "dialpad_message_id",
-        &keys.messages,
-    )
-    .await?;
-    for r in msgs {
-        let m = message_from_row(&r)?;
-        loaded.messages.insert((m.app_id, m.dialpad_message_id), m);
-    }
-    Ok(keys)
 }
 
 /// The CRM users mapped to `users` (keys without a mapping are absent).

@@ -158,19 +158,41 @@ pub(crate) const VOICEMAIL_COLS: &str = "id, app_id, dialpad_call_id, dialpad_us
      to_number, recording_url, transcript, duration_seconds, created_at, updated_at";
 
 pub(crate) fn voicemail_from_row(row: &PgRow) -> StoreResult<Voicemail> {
+    voicemail_from_row_as(row, "")
+}
+
+/// [`voicemail_from_row`] over columns named `{prefix}{column}`.
+pub(crate) fn voicemail_from_row_as(row: &PgRow, prefix: &str) -> StoreResult<Voicemail> {
+    let c = Prefixed(row, prefix);
     Ok(Voicemail {
-        id: col(row, "id")?,
-        app_id: AppId(col(row, "app_id")?),
-        dialpad_call_id: opt_did(col(row, "dialpad_call_id")?)?,
-        dialpad_user_id: opt_did(col(row, "dialpad_user_id")?)?,
-        from_number: col(row, "from_number")?,
-        to_number: col(row, "to_number")?,
-        recording_url: col(row, "recording_url")?,
-        transcript: col(row, "transcript")?,
-        duration_seconds: col(row, "duration_seconds")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
+        id: c.get("id")?,
+        app_id: AppId(c.get("app_id")?),
+        dialpad_call_id: opt_did(c.get("dialpad_call_id")?)?,
+        dialpad_user_id: opt_did(c.get("dialpad_user_id")?)?,
+        from_number: c.get("from_number")?,
+        to_number: c.get("to_number")?,
+        recording_url: c.get("recording_url")?,
+        transcript: c.get("transcript")?,
+        duration_seconds: c.get("duration_seconds")?,
+        created_at: c.get("created_at")?,
+        updated_at: c.get("updated_at")?,
     })
+}
+
+/// A row whose columns are named `{prefix}{column}` (several records in one row).
+struct Prefixed<'r, 'p>(&'r PgRow, &'p str);
+
+impl<'r> Prefixed<'r, '_> {
+    fn get<T>(&self, name: &str) -> StoreResult<T>
+    where
+        T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        if self.1.is_empty() {
+            col(self.0, name)
+        } else {
+            col(self.0, &format!("{}{name}", self.1))
+        }
+    }
 }
 
 /// Columns of [`Message`].
@@ -178,21 +200,27 @@ pub(crate) const MESSAGE_COLS: &str = "id, app_id, dialpad_message_id, direction
      to_number, to_numbers, text, dialpad_user_id, sent_at, message_status, created_at, updated_at";
 
 pub(crate) fn message_from_row(row: &PgRow) -> StoreResult<Message> {
-    let Json(to_numbers): Json<Vec<String>> = col(row, "to_numbers")?;
+    message_from_row_as(row, "")
+}
+
+/// [`message_from_row`] over columns named `{prefix}{column}`.
+pub(crate) fn message_from_row_as(row: &PgRow, prefix: &str) -> StoreResult<Message> {
+    let c = Prefixed(row, prefix);
+    let Json(to_numbers): Json<Vec<String>> = c.get("to_numbers")?;
     Ok(Message {
-        id: col(row, "id")?,
-        app_id: AppId(col(row, "app_id")?),
-        dialpad_message_id: did(col(row, "dialpad_message_id")?)?,
-        direction: opt_direction(col(row, "direction")?)?,
-        from_number: col(row, "from_number")?,
-        to_number: col(row, "to_number")?,
+        id: c.get("id")?,
+        app_id: AppId(c.get("app_id")?),
+        dialpad_message_id: did(c.get("dialpad_message_id")?)?,
+        direction: opt_direction(c.get("direction")?)?,
+        from_number: c.get("from_number")?,
+        to_number: c.get("to_number")?,
         to_numbers,
-        text: col(row, "text")?,
-        dialpad_user_id: opt_did(col(row, "dialpad_user_id")?)?,
-        sent_at: col(row, "sent_at")?,
-        message_status: col(row, "message_status")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
+        text: c.get("text")?,
+        dialpad_user_id: opt_did(c.get("dialpad_user_id")?)?,
+        sent_at: c.get("sent_at")?,
+        message_status: c.get("message_status")?,
+        created_at: c.get("created_at")?,
+        updated_at: c.get("updated_at")?,
     })
 }
 
