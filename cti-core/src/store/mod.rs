@@ -173,8 +173,8 @@ thread_local! {
 /// `true` on a thread that [`Cti::start`](crate::Cti::start) runs an ingest writer on (see
 /// [`InboxStore::writer_threads`]): a store may keep per-thread resources there — a database
 /// connection driven by that thread's runtime, say — for the writer's batches. Such a thread
-/// runs nothing but its writer, and its resources go with it when [`Running::shutdown`]
-/// (crate::Running::shutdown) ends it.
+/// runs nothing but its writer, and its resources go with it when
+/// [`Running::shutdown`](crate::inbox::Running::shutdown) ends it.
 pub fn on_writer_thread() -> bool {
     WRITER_THREAD.with(std::cell::Cell::get)
 }

@@ -155,7 +155,7 @@ impl InboxStore for PgStore {
     }
 
     /// A batch is a chain of round trips: each writer gets a thread, and a connection, of its
-    /// own ([`own`](super::own)).
+    /// own (module `pg/own.rs`).
     fn writer_threads(&self) -> bool {
         true
     }
