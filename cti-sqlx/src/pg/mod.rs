@@ -67,6 +67,12 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// firewall) is checked.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
+/// The statement that points a connection at `schema` (validated by
+/// [`validate_schema_name`]): run by every pooled connection and by each ingest writer's own.
+fn set_search_path(schema: &str) -> String {
+    format!("SET search_path TO \"{schema}\"")
+}
+
 /// Options of [`PgStore::connect`].
 ///
 /// ```
@@ -179,7 +185,7 @@ impl PgStore {
         // `jit_above_cost`, and compiling it costs tens of milliseconds per execution — far more
         // than running it (docs/performance.md).
         let connect = connect.options([("jit", "off")]);
-        let set_path: Arc<str> = format!("SET search_path TO \"{}\"", opts.schema).into();
+        let set_path: Arc<str> = set_search_path(&opts.schema).into();
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)

@@ -45,7 +45,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 
 use super::pipeline::Pipeline;
 use super::rows::pg_err;
-use super::{PING_IF_IDLE_FOR, PgStore};
+use super::{PING_IF_IDLE_FOR, PgStore, set_search_path};
 
 /// When the writer's connection next drops its cached plans (see "Cached plans" above).
 #[derive(Clone, Copy, Debug)]
@@ -180,8 +180,7 @@ impl PgStore {
         let timeout = self.pool.options().get_acquire_timeout();
         let open = async {
             let mut conn = options.connect().await?;
-            conn.execute(&*format!("SET search_path TO \"{}\"", self.schema))
-                .await?;
+            conn.execute(&*set_search_path(&self.schema)).await?;
             Ok::<_, sqlx::Error>(conn)
         };
         match tokio::time::timeout(timeout, open).await {
