@@ -20,7 +20,7 @@ use chrono::SubsecRound;
 use cti_core::model::*;
 use cti_core::normalize::apply::{call_key, target_user};
 use cti_core::store::*;
-use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
@@ -225,33 +225,6 @@ async fn finish(
     rows.iter()
         .map(|r| Ok((col::<Uuid>(r, "id")?, AppId(col(r, "app_id")?))))
         .collect()
-}
-
-/// Rows of `table` (alias `t`) whose `(app_id, key_col)` is one of `keys`.
-async fn by_keys(
-    conn: &mut PgConnection,
-    table_alias: &str,
-    cols: &str,
-    key_col: &str,
-    keys: &[Key],
-) -> StoreResult<Vec<PgRow>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let alias = table_alias.rsplit(' ').next().unwrap_or(table_alias);
-    let apps: Vec<Uuid> = keys.iter().map(|(a, _)| a.0).collect();
-    let ids: Vec<i64> = keys.iter().map(|(_, id)| id.as_i64()).collect();
-    let sql = format!(
-        "SELECT {cols} FROM UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
-         CROSS JOIN LATERAL (SELECT * FROM {table_alias}
-           WHERE {alias}.app_id = k.app_id AND {alias}.{key_col} = k.id LIMIT 1) {alias}"
-    );
-    sqlx::query(&sql)
-        .bind(apps)
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(pg_err)
 }
 
 /// The keys of [`read_state`]: calls (with the mapping of their stored user and, on request,
@@ -475,14 +448,20 @@ pub(super) async fn read_state(
 
 /// The CRM users mapped to `users` (keys without a mapping are absent).
 async fn read_users(conn: &mut PgConnection, users: &[Key]) -> StoreResult<HashMap<Key, String>> {
-    let rows = by_keys(
-        conn,
-        "dialpad_user_mappings m",
-        "m.app_id, m.dialpad_user_id, m.crm_user_id",
-        "dialpad_user_id",
-        users,
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT m.app_id, m.dialpad_user_id, m.crm_user_id
+         FROM UNNEST($1::uuid[], $2::int8[]) AS k(app_id, id)
+         CROSS JOIN LATERAL (SELECT * FROM dialpad_user_mappings m
+           WHERE m.app_id = k.app_id AND m.dialpad_user_id = k.id LIMIT 1) m",
     )
-    .await?;
+    .bind(users.iter().map(|(a, _)| a.0).collect::<Vec<Uuid>>())
+    .bind(users.iter().map(|(_, u)| u.as_i64()).collect::<Vec<i64>>())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(pg_err)?;
     let mut out = HashMap::with_capacity(rows.len());
     for r in &rows {
         let user = common::dialpad_id("dialpad_user_id", col(r, "dialpad_user_id")?)?;
