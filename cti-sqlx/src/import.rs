@@ -393,7 +393,7 @@ pub async fn from_original(
                            @started@ AS started_at, @ended@ AS ended_at,
                            @duration@::bigint AS duration_seconds, @recording@ AS recording_url,
                            COALESCE(@is_vm@, false) AS is_voicemail, @vm_audio@ AS voicemail_audio_url,
-                           @vm_transcript@ AS transcript, @raw@::jsonb::json AS raw_payload,
+                           @vm_transcript@ AS transcript, @raw@::jsonb::text AS raw_payload,
                            COALESCE(@created@, $2) AS created_at
                     FROM @calls@ s JOIN apps a ON a.id = s.app_id
                     WHERE s.dialpad_call_id > 0
@@ -561,7 +561,7 @@ pub async fn from_original(
                            p.j ->> 'state',
                            CASE WHEN p.j ->> 'event_timestamp' ~ '^[0-9]{1,18}$'
                                 THEN (p.j ->> 'event_timestamp')::bigint END,
-                           p.j::json,
+                           p.j::text,
                            CASE WHEN s.processed_at IS NULL THEN 'pending' ELSE 'done' END,
                            0, COALESCE(@received@, $2), COALESCE(@received@, $2), @processed@
                     FROM @events@ s

@@ -3,8 +3,9 @@
 //! (inserts, status and direction changes, late events), multi-row SQL updates and deletes,
 //! `delete_voicemail`, app deletion (cascade), the migration backfill, the import of an
 //! original database and concurrent completes (PostgreSQL). Also the other migrations that
-//! rewrite stored rows: `json` payloads (PostgreSQL 0003) and the time-ordered dedupe index
-//! (0005, both backends), whose rows must keep deduplicating redeliveries.
+//! rewrite stored rows: `json` then `text` payloads (PostgreSQL 0003 and 0009) and the
+//! time-ordered dedupe index (0005, both backends), whose rows must keep deduplicating
+//! redeliveries.
 //!
 //! Every check compares the store's totals with the rows the page queries return, and the
 //! counter tables with a real `COUNT(*) … GROUP BY`.
@@ -890,10 +891,11 @@ mod pg {
         assert_eq!(p.total, 50);
     }
 
-    /// Payloads stored as `jsonb` before migration 0003 read back the same from `json`, and the
-    /// inbox and the outbox accept rows once migration 0004 dropped their foreign keys.
+    /// Payloads stored as `jsonb` before migration 0003 read back the same after it (`json`)
+    /// and after 0009 (`text`, `lz4` where the server has it), and the inbox and the outbox
+    /// accept rows once migration 0004 dropped their foreign keys.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn migration_to_json_payloads_keeps_rows() {
+    async fn payload_type_migrations_keep_rows() {
         let Some(db) = TestDb::new("json_mig").await else {
             return;
         };
@@ -931,6 +933,25 @@ mod pg {
         assert_eq!(
             published[0].payload,
             serde_json::json!({"event": "call.ended"})
+        );
+        let lz4 = raw
+            .scalar(
+                "SELECT count(*) FROM pg_settings WHERE name = 'default_toast_compression' \
+                 AND 'lz4' = ANY(enumvals)",
+            )
+            .await;
+        let text_columns = raw
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_attribute \
+                 WHERE (attrelid, attname) IN (('webhook_events'::regclass, 'payload'), \
+                   ('calls'::regclass, 'raw_payload'), ('cti_events'::regclass, 'payload')) \
+                   AND atttypid = 'text'::regtype AND attcompression = '{}'",
+                if lz4 == 1 { "l" } else { "" }
+            ))
+            .await;
+        assert_eq!(
+            text_columns, 3,
+            "payload columns are text, lz4-compressed if possible"
         );
         // No foreign key any more: an event of an app that does not exist is stored.
         raw.exec(&format!(

@@ -35,10 +35,11 @@ where
     row.try_get(name).map_err(pg_err)
 }
 
-/// A `JSONB` column as JSON text (the store only ever writes [`JsonText`]).
+/// A payload column (`text` since migration 0009) as JSON text: the store only ever writes
+/// [`JsonText`] there.
 pub(crate) fn json_text(row: &PgRow, name: &str) -> StoreResult<Option<JsonText>> {
-    let raw: Option<&sqlx::types::JsonRawValue> = col(row, name)?;
-    Ok(raw.map(|r| JsonText::assume_valid(r.get())))
+    let raw: Option<&str> = col(row, name)?;
+    Ok(raw.map(JsonText::assume_valid))
 }
 
 /// A `BIGINT` column holding a Dialpad id.
@@ -275,7 +276,8 @@ pub(crate) fn published_from_row(row: &PgRow) -> StoreResult<PublishedEvent> {
         app_id: AppId(col(row, "app_id")?),
         seq: u64_of(col(row, "seq")?)?,
         event: col(row, "event")?,
-        payload: col(row, "payload")?,
+        payload: serde_json::from_str(col(row, "payload")?)
+            .map_err(|e| corrupt(format!("outbox payload: {e}")))?,
         target_crm_user: col(row, "target_crm_user")?,
         created_at: col(row, "created_at")?,
     })

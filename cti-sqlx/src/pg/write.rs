@@ -1,4 +1,4 @@
-//! What an applying transaction writes on PostgreSQL, in one statement ([`WRITE_SQL`]), and the
+//! What an applying transaction writes on PostgreSQL, in one statement ([`write_sql`]), and the
 //! apps' row locks every applier takes ([`lock_apps_sql`]).
 //!
 //! # Apply generations
@@ -18,11 +18,11 @@
 //!
 //! A locked transaction (a processor's completion, or an inline batch after a conflict) takes
 //! the locks first ([`lock_apps_sql`]) and reads under them. An inline batch reads first,
-//! without a transaction, and sends [`WRITE_SQL`] with the generations it read: the statement
+//! without a transaction, and sends [`write_sql`] with the generations it read: the statement
 //! takes the locks, checks the generations, and writes only if they still match. The statement
 //! runs on its own (autocommit), so a batch costs two round trips: its read and its write.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use cti_core::json::JsonText;
 use cti_core::model::*;
@@ -36,7 +36,7 @@ use super::rows::*;
 use crate::batch::{Plan, inline::Born};
 use crate::common;
 
-/// SQLSTATE raised by `cti_stale_batch()` (migration 0007) when [`WRITE_SQL`] finds an app's
+/// SQLSTATE raised by `cti_stale_batch()` (migration 0007) when [`write_sql`] finds an app's
 /// generation moved or an event already stored.
 const STALE_BATCH: &str = "CT001";
 
@@ -77,7 +77,7 @@ const fn count(list: &str) -> usize {
 
 /// Column types of [`InboxRows`], in bind order.
 const INBOX_TYPES: &str = "uuid[], uuid[], text[], text[], int8[], text[], int8[], \
-    text[]::json[], timestamptz[], text[], int4[], timestamptz[], text[]";
+    text[], timestamptz[], text[], int4[], timestamptz[], text[]";
 
 /// Inserts the inbox rows bound at `$first…` (see [`InboxRows`]) if absent on
 /// `(app_id, dedupe_at, dedupe_key)`, in batch order (`arrival`), only when `guard` holds;
@@ -128,7 +128,7 @@ impl Firsts {
     }
 
     /// The outcomes if every first occurrence is new (what an inline batch assumes and
-    /// [`WRITE_SQL`] verifies).
+    /// [`write_sql`] verifies).
     pub(super) fn all_new(&self, events: &[NewInboxEvent]) -> Vec<InsertOutcome> {
         self.of
             .iter()
@@ -236,40 +236,148 @@ impl<'a> InboxRows<'a> {
 /// Column types of the calls upsert, in bind order.
 const CALL_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[], int8[], \
     text[], int8[], timestamptz[], timestamptz[], timestamptz[], int8[], text[], bool[], \
-    text[], text[], bool[], jsonb[], int8[], text[]::json[], timestamptz[], timestamptz[]";
+    text[], text[], bool[], jsonb[], int8[], text[], timestamptz[], timestamptz[]";
 
 /// Column types of the outbox insert, voicemails and messages, in bind order.
-const OUTBOX_TYPES: &str = "uuid[], int8[], text[], text[]::json[], text[]";
+const OUTBOX_TYPES: &str = "uuid[], int8[], text[], text[], text[]";
 const VOICEMAIL_TYPES: &str = "uuid[], uuid[], int8[], int8[], text[], text[], text[], text[], \
     int8[], timestamptz[], timestamptz[]";
 const MESSAGE_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[]::jsonb[], \
     text[], int8[], timestamptz[], text[], timestamptz[], timestamptz[]";
 
-/// First parameter of each part of [`WRITE_SQL`]: `$1`–`$3` the apps (ids, generations read,
-/// new sequence heads), then the inbox rows, calls, outbox, voicemails, messages, the outbox
-/// time, the number of inbox rows that must be new and the apps' new generations.
-const P_INBOX: usize = 4;
-const P_CALLS: usize = P_INBOX + count(INBOX_TYPES);
-const P_OUTBOX: usize = P_CALLS + count(CALL_TYPES);
-const P_VOICEMAILS: usize = P_OUTBOX + count(OUTBOX_TYPES);
-const P_MESSAGES: usize = P_VOICEMAILS + count(VOICEMAIL_TYPES);
-const P_NOW: usize = P_MESSAGES + count(MESSAGE_TYPES);
-const P_NEW_ROWS: usize = P_NOW + 1;
-const P_NEXT_GENS: usize = P_NEW_ROWS + 1;
+/// Which optional parts a write statement holds: a batch without calls, outbox rows,
+/// voicemails or messages sends a statement without them. An absent part costs PostgreSQL
+/// nothing, where an empty one still costs its table's executor set-up and its statement-level
+/// count trigger (migration 0002) on every batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    calls: bool,
+    outbox: bool,
+    voicemails: bool,
+    messages: bool,
+}
 
-/// Everything an applying transaction writes, in one statement:
+impl Shape {
+    fn of(plan: &Plan) -> Self {
+        Shape {
+            calls: !plan.calls.is_empty(),
+            outbox: !plan.outbox.is_empty(),
+            voicemails: !plan.voicemails.is_empty(),
+            messages: !plan.messages.is_empty(),
+        }
+    }
+
+    /// A distinct number below 16 per shape.
+    fn index(self) -> usize {
+        usize::from(self.calls)
+            | usize::from(self.outbox) << 1
+            | usize::from(self.voicemails) << 2
+            | usize::from(self.messages) << 3
+    }
+
+    /// The statement of this shape, built once per process.
+    fn sql(self) -> &'static str {
+        static SQL: [OnceLock<String>; 16] = [const { OnceLock::new() }; 16];
+        SQL[self.index()].get_or_init(|| write_sql(self))
+    }
+}
+
+/// Everything an applying transaction writes, in one statement of the parts `shape` holds.
+///
+/// Parameters: `$1`–`$3` the apps (ids, generations read, new sequence heads), `$4` the apps'
+/// new generations, `$5` the number of inbox rows that must be new, then the column arrays of
+/// the inbox rows ([`INBOX_TYPES`]) and of the parts present, in the order calls
+/// ([`CALL_TYPES`]), outbox ([`OUTBOX_TYPES`], then the outbox rows' time), voicemails
+/// ([`VOICEMAIL_TYPES`]), messages ([`MESSAGE_TYPES`]).
 ///
 /// 1. `lk`, `fresh`: the apps' row locks in id order, and whether every app's generation is
 ///    still the one read (`$2`);
 /// 2. only if so (every write below is gated on `fresh`, which also makes the locks come
 ///    first): the apps' new generations and sequence heads, the inbox rows, the calls, the
 ///    outbox rows, the voicemails and the messages;
-/// 3. the check: a moved generation, or fewer new inbox rows than `$P_NEW_ROWS` (an event was
-///    already stored), raises `CT001` — the statement leaves nothing behind.
+/// 3. the check: a moved generation, or fewer new inbox rows than `$5` (an event was already
+///    stored), raises `CT001` — the statement leaves nothing behind.
 ///
-/// Column arrays keep the text (one prepared statement) whatever the batch size.
-static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Column arrays keep the text (one prepared statement per shape) whatever the batch size.
+fn write_sql(shape: Shape) -> String {
     const FRESH: &str = "(SELECT ok FROM fresh)";
+    // The first parameter of the next column arrays of `types`, and the one after them.
+    let mut next = 6;
+    let mut take = |types: &str| {
+        let first = next;
+        next += count(types);
+        first
+    };
+    let inbox = inbox_insert_sql(take(INBOX_TYPES), FRESH);
+    let mut parts = vec![format!("inserted AS ({inbox})")];
+    let mut counted = vec!["(SELECT count(*) FROM bumped)".to_owned()];
+    let mut part = |name: &str, body: String| {
+        parts.push(format!("{name} AS ({body} RETURNING 1)"));
+        counted.push(format!("(SELECT count(*) FROM {name})"));
+    };
+    if shape.calls {
+        part(
+            "calls",
+            format!(
+                "INSERT INTO calls ({CALL_COLS}) SELECT * FROM {} WHERE {FRESH} \
+                 ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET \
+                 direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
+                 to_number = EXCLUDED.to_number, status = EXCLUDED.status, \
+                 dialpad_user_id = EXCLUDED.dialpad_user_id, \
+                 target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
+                 started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
+                 ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
+                 recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
+                 voicemail_audio_url = EXCLUDED.voicemail_audio_url, \
+                 transcript = EXCLUDED.transcript, held = EXCLUDED.held, \
+                 merge_log = EXCLUDED.merge_log, last_event_ms = EXCLUDED.last_event_ms, \
+                 raw_payload = EXCLUDED.raw_payload, updated_at = EXCLUDED.updated_at",
+                unnest(take(CALL_TYPES), CALL_TYPES)
+            ),
+        );
+    }
+    if shape.outbox {
+        part(
+            "outbox",
+            format!(
+                "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, \
+                 created_at) SELECT o.app_id, o.seq, o.event, o.payload, o.target, \
+                 ${now}::timestamptz FROM {rows} AS o(app_id, seq, event, payload, target) \
+                 WHERE {FRESH}",
+                rows = unnest(take(OUTBOX_TYPES), OUTBOX_TYPES),
+                now = take("timestamptz"),
+            ),
+        );
+    }
+    if shape.voicemails {
+        part(
+            "voicemails",
+            format!(
+                "INSERT INTO voicemails ({VOICEMAIL_COLS}) SELECT * FROM {} WHERE {FRESH} \
+                 ON CONFLICT (id) DO UPDATE SET dialpad_call_id = EXCLUDED.dialpad_call_id, \
+                 dialpad_user_id = EXCLUDED.dialpad_user_id, \
+                 from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
+                 recording_url = EXCLUDED.recording_url, transcript = EXCLUDED.transcript, \
+                 duration_seconds = EXCLUDED.duration_seconds, updated_at = EXCLUDED.updated_at",
+                unnest(take(VOICEMAIL_TYPES), VOICEMAIL_TYPES)
+            ),
+        );
+    }
+    if shape.messages {
+        part(
+            "messages",
+            format!(
+                "INSERT INTO messages ({MESSAGE_COLS}) SELECT * FROM {} WHERE {FRESH} \
+                 ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET \
+                 direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
+                 to_number = EXCLUDED.to_number, to_numbers = EXCLUDED.to_numbers, \
+                 text = EXCLUDED.text, dialpad_user_id = EXCLUDED.dialpad_user_id, \
+                 sent_at = EXCLUDED.sent_at, message_status = EXCLUDED.message_status, \
+                 updated_at = EXCLUDED.updated_at",
+                unnest(take(MESSAGE_TYPES), MESSAGE_TYPES)
+            ),
+        );
+    }
     format!(
         "WITH lk AS MATERIALIZED (
             SELECT a.id, a.apply_gen FROM apps a WHERE a.id = ANY($1::uuid[])
@@ -281,58 +389,17 @@ static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
          bumped AS (
             UPDATE apps a SET apply_gen = v.next,
                 last_event_seq = COALESCE(v.seq, a.last_event_seq)
-            FROM UNNEST($1::uuid[], $3::int8[], ${P_NEXT_GENS}::int8[]) AS v(id, seq, next)
+            FROM UNNEST($1::uuid[], $3::int8[], $4::int8[]) AS v(id, seq, next)
             WHERE a.id = v.id AND {FRESH}
             RETURNING 1),
-         inserted AS ({inbox}),
-         calls AS (
-            INSERT INTO calls ({CALL_COLS}) SELECT * FROM {calls} WHERE {FRESH}
-            ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET direction = EXCLUDED.direction,
-            from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number,
-            status = EXCLUDED.status, dialpad_user_id = EXCLUDED.dialpad_user_id,
-            target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id,
-            started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at,
-            ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds,
-            recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail,
-            voicemail_audio_url = EXCLUDED.voicemail_audio_url, transcript = EXCLUDED.transcript,
-            held = EXCLUDED.held, merge_log = EXCLUDED.merge_log,
-            last_event_ms = EXCLUDED.last_event_ms, raw_payload = EXCLUDED.raw_payload,
-            updated_at = EXCLUDED.updated_at
-            RETURNING 1),
-         outbox AS (
-            INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, created_at)
-            SELECT o.app_id, o.seq, o.event, o.payload, o.target, ${P_NOW}
-            FROM {outbox} AS o(app_id, seq, event, payload, target) WHERE {FRESH}
-            RETURNING 1),
-         voicemails AS (
-            INSERT INTO voicemails ({VOICEMAIL_COLS}) SELECT * FROM {voicemails} WHERE {FRESH}
-            ON CONFLICT (id) DO UPDATE SET dialpad_call_id = EXCLUDED.dialpad_call_id,
-            dialpad_user_id = EXCLUDED.dialpad_user_id, from_number = EXCLUDED.from_number,
-            to_number = EXCLUDED.to_number, recording_url = EXCLUDED.recording_url,
-            transcript = EXCLUDED.transcript, duration_seconds = EXCLUDED.duration_seconds,
-            updated_at = EXCLUDED.updated_at
-            RETURNING 1),
-         messages AS (
-            INSERT INTO messages ({MESSAGE_COLS}) SELECT * FROM {messages} WHERE {FRESH}
-            ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET
-            direction = EXCLUDED.direction, from_number = EXCLUDED.from_number,
-            to_number = EXCLUDED.to_number, to_numbers = EXCLUDED.to_numbers,
-            text = EXCLUDED.text, dialpad_user_id = EXCLUDED.dialpad_user_id,
-            sent_at = EXCLUDED.sent_at, message_status = EXCLUDED.message_status,
-            updated_at = EXCLUDED.updated_at
-            RETURNING 1)
-         SELECT CASE WHEN {FRESH} AND (SELECT count(*) FROM inserted) = ${P_NEW_ROWS}
-            THEN (SELECT count(*) FROM bumped) + (SELECT count(*) FROM calls)
-               + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM voicemails)
-               + (SELECT count(*) FROM messages)
+         {parts}
+         SELECT CASE WHEN {FRESH} AND (SELECT count(*) FROM inserted) = $5::int4
+            THEN {counted}
             ELSE cti_stale_batch() END AS written",
-        inbox = inbox_insert_sql(P_INBOX, FRESH),
-        calls = unnest(P_CALLS, CALL_TYPES),
-        outbox = unnest(P_OUTBOX, OUTBOX_TYPES),
-        voicemails = unnest(P_VOICEMAILS, VOICEMAIL_TYPES),
-        messages = unnest(P_MESSAGES, MESSAGE_TYPES),
+        parts = parts.join(",\n         "),
+        counted = counted.join(" + "),
     )
-});
+}
 
 /// What [`write`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -346,7 +413,7 @@ pub(super) enum Written {
 
 /// Writes `inbox` (all of whose rows must be new) and `plan` for the apps of `gens` — `(app,
 /// generation read, generation to set)` for every app whose state the plan depends on, and
-/// every app of `plan.seqs` — in one statement ([`WRITE_SQL`]). Outside a transaction the
+/// every app of `plan.seqs` — in one statement ([`write_sql`]). Outside a transaction the
 /// statement commits on its own.
 pub(super) async fn write(
     conn: &mut PgConnection,
@@ -371,17 +438,27 @@ pub(super) async fn write(
         )));
     }
     let new_rows = i32::try_from(inbox.len()).unwrap_or(i32::MAX);
-    let q = sqlx::query(&WRITE_SQL)
+    let shape = Shape::of(plan);
+    let q = sqlx::query(shape.sql())
         .bind(apps.iter().map(|(a, _, _)| a.0).collect::<Vec<_>>())
         .bind(apps.iter().map(|&(_, read, _)| read).collect::<Vec<_>>())
-        .bind(seqs);
-    let q = inbox.bind(q);
-    let q = bind_calls(q, &plan.calls)?;
-    let q = bind_outbox(q, plan);
-    let q = bind_voicemails(q, &plan.voicemails);
-    let q = bind_messages(q, &plan.messages)?;
-    let next: Vec<i64> = apps.iter().map(|&(_, _, next)| next).collect();
-    match q.bind(now).bind(new_rows).bind(next).execute(conn).await {
+        .bind(seqs)
+        .bind(apps.iter().map(|&(_, _, next)| next).collect::<Vec<_>>())
+        .bind(new_rows);
+    let mut q = inbox.bind(q);
+    if shape.calls {
+        q = bind_calls(q, &plan.calls)?;
+    }
+    if shape.outbox {
+        q = bind_outbox(q, plan).bind(now);
+    }
+    if shape.voicemails {
+        q = bind_voicemails(q, &plan.voicemails);
+    }
+    if shape.messages {
+        q = bind_messages(q, &plan.messages)?;
+    }
+    match q.execute(conn).await {
         Ok(_) => Ok(Written::Done),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(STALE_BATCH) => {
             Ok(Written::Stale)
