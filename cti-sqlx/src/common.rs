@@ -105,25 +105,12 @@ pub(crate) fn merge_log_to_json(log: &MergeLog) -> Result<String, StoreError> {
     serde_json::to_string(log).map_err(|e| StoreError::Backend(format!("encoding merge_log: {e}")))
 }
 
-/// `MergeLog` → JSON value (for `JSONB` columns bound as `sqlx::types::Json`).
-pub(crate) fn merge_log_to_value(log: &MergeLog) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(log).map_err(|e| StoreError::Backend(format!("encoding merge_log: {e}")))
-}
-
 /// JSON text → `MergeLog`; `NULL` / empty text gives the default log.
 pub(crate) fn merge_log_from_json(text: Option<&str>) -> Result<MergeLog, StoreError> {
     match text {
         None => Ok(MergeLog::default()),
         Some(t) if t.trim().is_empty() => Ok(MergeLog::default()),
         Some(t) => serde_json::from_str(t).map_err(|e| corrupt("merge_log", e)),
-    }
-}
-
-/// JSON value → `MergeLog`; `null` gives the default log.
-pub(crate) fn merge_log_from_value(v: Option<serde_json::Value>) -> Result<MergeLog, StoreError> {
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(MergeLog::default()),
-        Some(v) => serde_json::from_value(v).map_err(|e| corrupt("merge_log", e)),
     }
 }
 
@@ -255,8 +242,6 @@ mod tests {
         let text = merge_log_to_json(&log).unwrap();
         assert_eq!(merge_log_from_json(Some(&text)).unwrap(), log);
         assert_eq!(merge_log_from_json(None).unwrap(), MergeLog::default());
-        let v = merge_log_to_value(&log).unwrap();
-        assert_eq!(merge_log_from_value(Some(v)).unwrap(), log);
         assert!(merge_log_from_json(Some("{not json")).is_err());
     }
 

@@ -424,7 +424,7 @@ pub async fn from_original(
                                 'duration_seconds', CASE WHEN y.duration_seconds IS NOT NULL THEN y.ms END,
                                 'recording_url', CASE WHEN y.recording_url IS NOT NULL THEN y.ms END,
                                 'transcript', CASE WHEN y.transcript IS NOT NULL THEN y.ms END,
-                                'voicemail_audio_url', CASE WHEN y.voicemail_audio_url IS NOT NULL THEN y.ms END))),
+                                'voicemail_audio_url', CASE WHEN y.voicemail_audio_url IS NOT NULL THEN y.ms END)))::text,
                         y.ms, y.raw_payload, y.created_at, y.created_at
                     FROM seeded y
                     ON CONFLICT DO NOTHING RETURNING 1

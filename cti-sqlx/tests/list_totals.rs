@@ -892,7 +892,8 @@ mod pg {
     }
 
     /// Payloads stored as `jsonb` before migration 0003 read back the same after it (`json`)
-    /// and after 0009 (`text`, `lz4` where the server has it), and the inbox and the outbox
+    /// and after 0009 (`text`, `lz4` where the server has it), so do merge logs (`jsonb`, then
+    /// `text` since 0009), and the inbox and the outbox
     /// accept rows once migration 0004 dropped their foreign keys.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn payload_type_migrations_keep_rows() {
@@ -909,8 +910,9 @@ mod pg {
         raw.exec(&format!(
             "INSERT INTO webhook_events (id, app_id, dedupe_key, call_id, payload)
              VALUES ('{event}', '{app}', 'k', 77, '{payload}');
-             INSERT INTO calls (app_id, dialpad_call_id, status, raw_payload)
-             VALUES ('{app}', 77, 'ended', '{payload}');
+             INSERT INTO calls (app_id, dialpad_call_id, status, raw_payload, merge_log)
+             VALUES ('{app}', 77, 'ended', '{payload}',
+                     '{{\"first\": {{\"ended\": 5}}, \"fields\": {{\"from_number\": 7}}}}');
              INSERT INTO cti_events (app_id, seq, event, payload)
              VALUES ('{app}', 1, 'call.ended', '{{\"event\": \"call.ended\"}}');",
             app = app.0,
@@ -929,6 +931,8 @@ mod pg {
             .unwrap()
             .expect("call");
         assert_eq!(call.raw_payload.expect("raw").to_value().unwrap(), want);
+        assert_eq!(call.merge_log.first.get(&CallStatus::Ended), Some(&5));
+        assert_eq!(call.merge_log.fields.get("from_number"), Some(&7));
         let published = s.events_since(app, 0, 10).await.unwrap();
         assert_eq!(
             published[0].payload,

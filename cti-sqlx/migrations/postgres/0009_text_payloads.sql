@@ -1,4 +1,5 @@
--- Payloads are stored as `text` instead of `json` (docs/performance.md "2026-12-01 n").
+-- Payloads are stored as `text` instead of `json`, and the calls' merge logs as `text` instead of
+-- `jsonb` (docs/performance.md "2026-12-01 n").
 --
 -- Every value written to these columns is JSON the store already holds as verified text:
 -- the signed webhook body (checked when its signature was), the sanitized call payload cut
@@ -9,11 +10,20 @@
 -- the same bytes without the second check. Queries that look inside still can, exactly as
 -- before: `payload::jsonb ->> 'state'`.
 --
+-- `calls.merge_log` (the per-field event times the merge keeps, 200–400 bytes of JSON) goes
+-- from `jsonb` to `text` for the same reason: `jsonb` parsed it into its binary form on every
+-- call write (another 3–4 % of that statement) and printed it back on every read, where only
+-- the store reads or writes it, always through serde.
+--
 -- Rewrites the three tables once, like 0003 (an upgrade of a large inbox takes a while, under
 -- ACCESS EXCLUSIVE; see docs/operations.md "Upgrading"). The type change resets each column's
 -- compression method, so `lz4` (0008) is set again where the server supports it.
 ALTER TABLE webhook_events ALTER COLUMN payload TYPE text;
-ALTER TABLE calls ALTER COLUMN raw_payload TYPE text;
+ALTER TABLE calls
+    ALTER COLUMN raw_payload TYPE text,
+    ALTER COLUMN merge_log DROP DEFAULT,
+    ALTER COLUMN merge_log TYPE text,
+    ALTER COLUMN merge_log SET DEFAULT '{}';
 ALTER TABLE cti_events ALTER COLUMN payload TYPE text;
 
 DO $$

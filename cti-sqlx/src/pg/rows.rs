@@ -124,7 +124,7 @@ pub(crate) const CALL_COLS: &str = "id, app_id, dialpad_call_id, direction, from
 
 pub(crate) fn call_from_row(row: &PgRow) -> StoreResult<Call> {
     let status: String = col(row, "status")?;
-    let Json(merge_log): Json<MergeLog> = col(row, "merge_log")?;
+    let merge_log = common::merge_log_from_json(col(row, "merge_log")?)?;
     Ok(Call {
         id: col(row, "id")?,
         app_id: AppId(col(row, "app_id")?),

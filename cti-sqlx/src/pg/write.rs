@@ -236,7 +236,7 @@ impl<'a> InboxRows<'a> {
 /// Column types of the calls upsert, in bind order.
 const CALL_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[], int8[], \
     text[], int8[], timestamptz[], timestamptz[], timestamptz[], int8[], text[], bool[], \
-    text[], text[], bool[], jsonb[], int8[], text[], timestamptz[], timestamptz[]";
+    text[], text[], bool[], text[], int8[], text[], timestamptz[], timestamptz[]";
 
 /// Column types of the outbox insert, voicemails and messages, in bind order.
 const OUTBOX_TYPES: &str = "uuid[], int8[], text[], text[], text[]";
@@ -472,7 +472,7 @@ type Q<'a> = Query<'a, Postgres, PgArguments>;
 fn bind_calls<'a>(q: Q<'a>, calls: &'a [Call]) -> StoreResult<Q<'a>> {
     let logs = calls
         .iter()
-        .map(|c| common::merge_log_to_value(&c.merge_log))
+        .map(|c| common::merge_log_to_json(&c.merge_log))
         .collect::<StoreResult<Vec<_>>>()?;
     let text = |f: fn(&Call) -> Option<&str>| calls.iter().map(f).collect::<Vec<_>>();
     let ids = |f: fn(&Call) -> Option<DialpadId>| {
