@@ -282,6 +282,30 @@ impl Shape {
     }
 }
 
+/// Whether every app's generation is still the one read (the `fresh` part of [`write_sql`]):
+/// every write of the statement is gated on it.
+const FRESH: &str = "(SELECT ok FROM fresh)";
+
+/// `INSERT INTO table (cols) SELECT * FROM rows`, gated on the batch being fresh, that on a
+/// conflict over `key` sets every column but the row's identity (`id`, `app_id`, `key`) and
+/// `created_at` to the new row's value.
+fn upsert(table: &str, cols: &str, rows: &str, key: &str) -> String {
+    let keep = |c: &&str| {
+        !["id", "app_id", "created_at"].contains(c) && !key.split(',').any(|k| k.trim() == *c)
+    };
+    let set: Vec<String> = cols
+        .split(',')
+        .map(str::trim)
+        .filter(keep)
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({cols}) SELECT * FROM {rows} WHERE {FRESH} \
+         ON CONFLICT ({key}) DO UPDATE SET {}",
+        set.join(", ")
+    )
+}
+
 /// Everything an applying transaction writes, in one statement of the parts `shape` holds.
 ///
 /// Parameters: `$1`–`$3` the apps (ids, generations read, new sequence heads), `$4` the apps'
@@ -300,7 +324,6 @@ impl Shape {
 ///
 /// Column arrays keep the text (one prepared statement per shape) whatever the batch size.
 fn write_sql(shape: Shape) -> String {
-    const FRESH: &str = "(SELECT ok FROM fresh)";
     // The first parameter of the next column arrays of `types`, and the one after them.
     let mut next = 6;
     let mut take = |types: &str| {
@@ -316,24 +339,10 @@ fn write_sql(shape: Shape) -> String {
         counted.push(format!("(SELECT count(*) FROM {name})"));
     };
     if shape.calls {
+        let rows = unnest(take(CALL_TYPES), CALL_TYPES);
         part(
             "calls",
-            format!(
-                "INSERT INTO calls ({CALL_COLS}) SELECT * FROM {} WHERE {FRESH} \
-                 ON CONFLICT (app_id, dialpad_call_id) DO UPDATE SET \
-                 direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
-                 to_number = EXCLUDED.to_number, status = EXCLUDED.status, \
-                 dialpad_user_id = EXCLUDED.dialpad_user_id, \
-                 target_type = EXCLUDED.target_type, target_id = EXCLUDED.target_id, \
-                 started_at = EXCLUDED.started_at, answered_at = EXCLUDED.answered_at, \
-                 ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds, \
-                 recording_url = EXCLUDED.recording_url, is_voicemail = EXCLUDED.is_voicemail, \
-                 voicemail_audio_url = EXCLUDED.voicemail_audio_url, \
-                 transcript = EXCLUDED.transcript, held = EXCLUDED.held, \
-                 merge_log = EXCLUDED.merge_log, last_event_ms = EXCLUDED.last_event_ms, \
-                 raw_payload = EXCLUDED.raw_payload, updated_at = EXCLUDED.updated_at",
-                unnest(take(CALL_TYPES), CALL_TYPES)
-            ),
+            upsert("calls", CALL_COLS, &rows, "app_id, dialpad_call_id"),
         );
     }
     if shape.outbox {
@@ -350,31 +359,21 @@ fn write_sql(shape: Shape) -> String {
         );
     }
     if shape.voicemails {
+        let rows = unnest(take(VOICEMAIL_TYPES), VOICEMAIL_TYPES);
         part(
             "voicemails",
-            format!(
-                "INSERT INTO voicemails ({VOICEMAIL_COLS}) SELECT * FROM {} WHERE {FRESH} \
-                 ON CONFLICT (id) DO UPDATE SET dialpad_call_id = EXCLUDED.dialpad_call_id, \
-                 dialpad_user_id = EXCLUDED.dialpad_user_id, \
-                 from_number = EXCLUDED.from_number, to_number = EXCLUDED.to_number, \
-                 recording_url = EXCLUDED.recording_url, transcript = EXCLUDED.transcript, \
-                 duration_seconds = EXCLUDED.duration_seconds, updated_at = EXCLUDED.updated_at",
-                unnest(take(VOICEMAIL_TYPES), VOICEMAIL_TYPES)
-            ),
+            upsert("voicemails", VOICEMAIL_COLS, &rows, "id"),
         );
     }
     if shape.messages {
+        let rows = unnest(take(MESSAGE_TYPES), MESSAGE_TYPES);
         part(
             "messages",
-            format!(
-                "INSERT INTO messages ({MESSAGE_COLS}) SELECT * FROM {} WHERE {FRESH} \
-                 ON CONFLICT (app_id, dialpad_message_id) DO UPDATE SET \
-                 direction = EXCLUDED.direction, from_number = EXCLUDED.from_number, \
-                 to_number = EXCLUDED.to_number, to_numbers = EXCLUDED.to_numbers, \
-                 text = EXCLUDED.text, dialpad_user_id = EXCLUDED.dialpad_user_id, \
-                 sent_at = EXCLUDED.sent_at, message_status = EXCLUDED.message_status, \
-                 updated_at = EXCLUDED.updated_at",
-                unnest(take(MESSAGE_TYPES), MESSAGE_TYPES)
+            upsert(
+                "messages",
+                MESSAGE_COLS,
+                &rows,
+                "app_id, dialpad_message_id",
             ),
         );
     }
@@ -580,4 +579,53 @@ fn bind_messages<'a>(q: Q<'a>, msgs: &'a [Message]) -> StoreResult<Q<'a>> {
         .bind(text(|m| m.message_status.as_deref()))
         .bind(msgs.iter().map(|m| m.created_at).collect::<Vec<_>>())
         .bind(msgs.iter().map(|m| m.updated_at).collect::<Vec<_>>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upsert_sets_everything_but_the_rows_identity() {
+        let sql = upsert("calls", CALL_COLS, "UNNEST(…)", "app_id, dialpad_call_id");
+        let set = sql.split("DO UPDATE SET ").nth(1).expect("a SET list");
+        let set: Vec<&str> = set.split(", ").collect();
+        assert_eq!(set.len(), count(CALL_COLS) - 4, "{set:?}");
+        for c in [
+            "status = EXCLUDED.status",
+            "raw_payload = EXCLUDED.raw_payload",
+        ] {
+            assert!(set.contains(&c), "{c} in {set:?}");
+        }
+        for c in ["id", "app_id", "dialpad_call_id", "created_at"] {
+            assert!(!set.iter().any(|s| s.starts_with(&format!("{c} "))), "{c}");
+        }
+    }
+
+    #[test]
+    fn each_shape_numbers_its_parameters_without_a_gap() {
+        for i in 0..16 {
+            let shape = Shape {
+                calls: i & 1 != 0,
+                outbox: i & 2 != 0,
+                voicemails: i & 4 != 0,
+                messages: i & 8 != 0,
+            };
+            assert_eq!(shape.index(), i);
+            let sql = write_sql(shape);
+            let mut expected = 5 + count(INBOX_TYPES);
+            for (present, types) in [
+                (shape.calls, count(CALL_TYPES)),
+                (shape.outbox, count(OUTBOX_TYPES) + 1),
+                (shape.voicemails, count(VOICEMAIL_TYPES)),
+                (shape.messages, count(MESSAGE_TYPES)),
+            ] {
+                expected += if present { types } else { 0 };
+            }
+            for n in 1..=expected {
+                assert!(sql.contains(&format!("${n}::")), "shape {i}: ${n} missing");
+            }
+            assert!(!sql.contains(&format!("${}::", expected + 1)), "shape {i}");
+        }
+    }
 }
