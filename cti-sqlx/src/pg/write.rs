@@ -311,14 +311,14 @@ fn upsert(table: &str, cols: &str, rows: &str, key: &str) -> String {
 /// Parameters: `$1`–`$3` the apps (ids, generations read, new sequence heads), `$4` the apps'
 /// new generations, `$5` the number of inbox rows that must be new, then the column arrays of
 /// the inbox rows ([`INBOX_TYPES`]) and of the parts present, in the order calls
-/// ([`CALL_TYPES`]), outbox ([`OUTBOX_TYPES`], then the outbox rows' time), voicemails
-/// ([`VOICEMAIL_TYPES`]), messages ([`MESSAGE_TYPES`]).
+/// ([`CALL_TYPES`]), voicemails ([`VOICEMAIL_TYPES`]), messages ([`MESSAGE_TYPES`]), outbox
+/// ([`OUTBOX_TYPES`], then the outbox rows' time).
 ///
 /// 1. `lk`, `fresh`: the apps' row locks in id order, and whether every app's generation is
 ///    still the one read (`$2`);
 /// 2. only if so (every write below is gated on `fresh`, which also makes the locks come
 ///    first): the apps' new generations and sequence heads, the inbox rows, the calls, the
-///    outbox rows, the voicemails and the messages;
+///    voicemails, the messages and the outbox rows;
 /// 3. the check: a moved generation, or fewer new inbox rows than `$5` (an event was already
 ///    stored), raises `CT001` — the statement leaves nothing behind.
 ///
@@ -338,12 +338,34 @@ fn write_sql(shape: Shape) -> String {
         parts.push(format!("{name} AS ({body} RETURNING 1)"));
         counted.push(format!("(SELECT count(*) FROM {name})"));
     };
-    if shape.calls {
-        let rows = unnest(take(CALL_TYPES), CALL_TYPES);
-        part(
+    let records = [
+        (
+            shape.calls,
             "calls",
-            upsert("calls", CALL_COLS, &rows, "app_id, dialpad_call_id"),
-        );
+            CALL_COLS,
+            CALL_TYPES,
+            "app_id, dialpad_call_id",
+        ),
+        (
+            shape.voicemails,
+            "voicemails",
+            VOICEMAIL_COLS,
+            VOICEMAIL_TYPES,
+            "id",
+        ),
+        (
+            shape.messages,
+            "messages",
+            MESSAGE_COLS,
+            MESSAGE_TYPES,
+            "app_id, dialpad_message_id",
+        ),
+    ];
+    for (present, table, cols, types, key) in records {
+        if present {
+            let rows = unnest(take(types), types);
+            part(table, upsert(table, cols, &rows, key));
+        }
     }
     if shape.outbox {
         part(
@@ -355,25 +377,6 @@ fn write_sql(shape: Shape) -> String {
                  WHERE {FRESH}",
                 rows = unnest(take(OUTBOX_TYPES), OUTBOX_TYPES),
                 now = take("timestamptz"),
-            ),
-        );
-    }
-    if shape.voicemails {
-        let rows = unnest(take(VOICEMAIL_TYPES), VOICEMAIL_TYPES);
-        part(
-            "voicemails",
-            upsert("voicemails", VOICEMAIL_COLS, &rows, "id"),
-        );
-    }
-    if shape.messages {
-        let rows = unnest(take(MESSAGE_TYPES), MESSAGE_TYPES);
-        part(
-            "messages",
-            upsert(
-                "messages",
-                MESSAGE_COLS,
-                &rows,
-                "app_id, dialpad_message_id",
             ),
         );
     }
@@ -448,14 +451,14 @@ pub(super) async fn write(
     if shape.calls {
         q = bind_calls(q, &plan.calls)?;
     }
-    if shape.outbox {
-        q = bind_outbox(q, plan).bind(now);
-    }
     if shape.voicemails {
         q = bind_voicemails(q, &plan.voicemails);
     }
     if shape.messages {
         q = bind_messages(q, &plan.messages)?;
+    }
+    if shape.outbox {
+        q = bind_outbox(q, plan).bind(now);
     }
     match q.execute(conn).await {
         Ok(_) => Ok(Written::Done),
@@ -616,9 +619,9 @@ mod tests {
             let mut expected = 5 + count(INBOX_TYPES);
             for (present, types) in [
                 (shape.calls, count(CALL_TYPES)),
-                (shape.outbox, count(OUTBOX_TYPES) + 1),
                 (shape.voicemails, count(VOICEMAIL_TYPES)),
                 (shape.messages, count(MESSAGE_TYPES)),
+                (shape.outbox, count(OUTBOX_TYPES) + 1),
             ] {
                 expected += if present { types } else { 0 };
             }
