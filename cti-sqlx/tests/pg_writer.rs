@@ -19,8 +19,8 @@ use facade_support::ingest_json;
 use pg_support::TestDb;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-/// `(pid, ran an applying write last)` of the backends named `name`. `WRITE_SQL` (the
-/// statement of every inline batch) starts with `WITH lk AS MATERIALIZED`.
+/// `(pid, ran an applying write last)` of the backends named `name`. The write statement (the
+/// statement of every inline batch, `write_sql`) starts with `WITH lk AS MATERIALIZED`.
 async fn backends(admin: &mut PgConnection, name: &str) -> Vec<(i32, bool)> {
     sqlx::query_as(
         "SELECT pid, query LIKE 'WITH lk AS MATERIALIZED%' FROM pg_stat_activity \
