@@ -126,7 +126,8 @@ pub fn sqlite_file(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(path))
 }
 
-/// `<db file>.dev-secrets` (or `cti.db.dev-secrets` in the current directory for a memory db).
+/// `<db file>.dev-secrets` (or `cti.db.dev-secrets` in the current directory for a memory
+/// SQLite database or PostgreSQL).
 pub fn dev_secrets_path(database_url: &str) -> PathBuf {
     let db = sqlite_file(database_url).unwrap_or_else(|| PathBuf::from("cti.db"));
     let mut name = db.as_os_str().to_owned();
@@ -239,17 +240,15 @@ pub struct StorageConfig {
     pub webhook_secret: Option<Secret<String>>,
 }
 
-/// Reads the storage settings, falling back to the `--dev` secrets file when one exists beside
-/// the SQLite database (so admin commands work against a dev server's database).
+/// Reads the storage settings, falling back to the `--dev` secrets file when one exists where
+/// `serve --dev` keeps it ([`dev_secrets_path`]: beside the SQLite database, or
+/// `./cti.db.dev-secrets` for PostgreSQL), so admin commands and `simulate` work against a dev
+/// server's database with its pepper and secrets. Set variables win over the file.
 pub fn storage_from_env() -> Result<StorageConfig, ConfigError> {
     let database_url = var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
-    let dev = if database_url.starts_with("sqlite:") {
-        DevSecrets::load(&dev_secrets_path(&database_url))
-            .ok()
-            .flatten()
-    } else {
-        None
-    };
+    let dev = DevSecrets::load(&dev_secrets_path(&database_url))
+        .ok()
+        .flatten();
     storage_with(&Source { dev: dev.as_ref() }, database_url)
 }
 

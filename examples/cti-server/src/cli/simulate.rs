@@ -19,7 +19,7 @@ pub struct SimulateArgs {
     pub app_id: String,
     /// Webhook secret used to sign the JWTs (the app's secret or `DIALPAD_WEBHOOK_SECRET`).
     /// Default: `DIALPAD_WEBHOOK_SECRET`, else the `serve --dev` secrets file beside the
-    /// `DATABASE_URL` SQLite database (`./cti.db.dev-secrets` by default).
+    /// `DATABASE_URL` SQLite database (`./cti.db.dev-secrets` by default, and for PostgreSQL).
     #[arg(long, env = "DIALPAD_WEBHOOK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// Only this lifecycle (default: all).
@@ -95,7 +95,7 @@ pub fn sign_event(payload: &str, secret: &[u8]) -> Result<String, String> {
 }
 
 /// `DIALPAD_WEBHOOK_SECRET` as the admin commands see it: the environment, or the `--dev`
-/// secrets file beside a SQLite `DATABASE_URL`.
+/// secrets file (`crate::config::storage_from_env`).
 fn dev_webhook_secret() -> Option<String> {
     crate::config::storage_from_env()
         .ok()?

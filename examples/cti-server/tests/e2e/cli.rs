@@ -1,4 +1,4 @@
-//! `cti-server serve --dev` (not a spec §10 scenario).
+//! `cti-server serve --dev` (not a spec §10 scenario), on SQLite and on PostgreSQL.
 
 use crate::*;
 
@@ -60,4 +60,76 @@ async fn dev_mode_generates_and_reuses_secrets() {
     );
     let again = std::fs::read_to_string(&secrets).unwrap_or_default();
     assert_eq!(first, again);
+}
+
+/// `serve --dev` on PostgreSQL keeps its secrets in `./cti.db.dev-secrets`; admin commands run
+/// from the same directory use them, so the key `apps create` prints opens the running
+/// server's API (with another pepper its lookup hash would match nothing).
+#[tokio::test]
+async fn dev_mode_on_postgres_shares_its_secrets_with_the_cli() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let schema = PgSchema::new(&url);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let env = vec![
+        ("DATABASE_URL".to_string(), url.clone()),
+        ("DATABASE_SCHEMA".to_string(), schema.name.clone()),
+        ("PORT".to_string(), port.to_string()),
+    ];
+    let mut child = command(std::path::Path::new(BIN), &env)
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let http = client();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let up = settle(|| {
+        let (http, health) = (http.clone(), health.clone());
+        async move {
+            http.get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    let created = command(std::path::Path::new(BIN), &env)
+        .args(["apps", "create", "Dev App"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = serde_json::from_slice::<Value>(&created.stdout)
+        .ok()
+        .and_then(|v| v["api_key"].as_str().map(str::to_string));
+    let status = match &key {
+        Some(key) => http
+            .get(format!("http://127.0.0.1:{port}/api/calls"))
+            .header("x-app-api-key", key)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok(),
+        None => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the dev server did not answer /health");
+    assert!(
+        dir.path().join("cti.db.dev-secrets").exists(),
+        "secrets kept in the working directory"
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert_eq!(
+        status,
+        Some(200),
+        "the CLI's key opens the dev server's API"
+    );
 }
