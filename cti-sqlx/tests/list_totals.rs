@@ -893,7 +893,7 @@ mod pg {
 
     /// Payloads stored as `jsonb` before migration 0003 read back the same after it (`json`)
     /// and after 0009 (`text`, `lz4` where the server has it), so do merge logs (`jsonb`, then
-    /// `text` since 0009), and the inbox and the outbox
+    /// `text` since 0009; `calls` then has `fillfactor = 80`), and the inbox and the outbox
     /// accept rows once migration 0004 dropped their foreign keys.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn payload_type_migrations_keep_rows() {
@@ -957,6 +957,13 @@ mod pg {
             text_columns, 3,
             "payload columns are text, lz4-compressed if possible"
         );
+        let fillfactor = raw
+            .scalar(
+                "SELECT count(*) FROM pg_class WHERE oid = 'calls'::regclass \
+                 AND 'fillfactor=80' = ANY(reloptions)",
+            )
+            .await;
+        assert_eq!(fillfactor, 1, "calls leave room for HOT updates");
         // No foreign key any more: an event of an app that does not exist is stored.
         raw.exec(&format!(
             "INSERT INTO webhook_events (app_id, dedupe_key, payload)
