@@ -245,40 +245,62 @@ const VOICEMAIL_TYPES: &str = "uuid[], uuid[], int8[], int8[], text[], text[], t
 const MESSAGE_TYPES: &str = "uuid[], uuid[], int8[], text[], text[], text[], text[]::jsonb[], \
     text[], int8[], timestamptz[], text[], timestamptz[], timestamptz[]";
 
-/// Which optional parts a write statement holds: a batch without calls, outbox rows,
-/// voicemails or messages sends a statement without them. An absent part costs PostgreSQL
-/// nothing, where an empty one still costs its table's executor set-up and its statement-level
-/// count trigger (migration 0002) on every batch.
+/// An optional part of a write statement: the rows of one table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shape {
-    calls: bool,
-    outbox: bool,
-    voicemails: bool,
-    messages: bool,
+enum Part {
+    Calls,
+    Voicemails,
+    Messages,
+    Outbox,
 }
 
-impl Shape {
-    fn of(plan: &Plan) -> Self {
-        Shape {
-            calls: !plan.calls.is_empty(),
-            outbox: !plan.outbox.is_empty(),
-            voicemails: !plan.voicemails.is_empty(),
-            messages: !plan.messages.is_empty(),
+/// The optional parts, in the order both the statement ([`write_sql`]) and the binding
+/// ([`write`]) follow.
+const PARTS: [Part; 4] = [Part::Calls, Part::Voicemails, Part::Messages, Part::Outbox];
+
+impl Part {
+    /// Whether `plan` has rows for this part.
+    fn in_plan(self, plan: &Plan) -> bool {
+        match self {
+            Part::Calls => !plan.calls.is_empty(),
+            Part::Voicemails => !plan.voicemails.is_empty(),
+            Part::Messages => !plan.messages.is_empty(),
+            Part::Outbox => !plan.outbox.is_empty(),
         }
     }
 
-    /// A distinct number below 16 per shape.
-    fn index(self) -> usize {
-        usize::from(self.calls)
-            | usize::from(self.outbox) << 1
-            | usize::from(self.voicemails) << 2
-            | usize::from(self.messages) << 3
+    /// Its bit in a [`Shape`].
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// Which optional parts a write statement holds: a batch without calls, voicemails, messages
+/// or outbox rows sends a statement without them. An absent part costs PostgreSQL nothing,
+/// where an empty one still costs its table's executor set-up and its statement-level count
+/// trigger (migration 0002) on every batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape(u8);
+
+impl Shape {
+    fn of(plan: &Plan) -> Self {
+        Shape(
+            PARTS
+                .iter()
+                .filter(|p| p.in_plan(plan))
+                .map(|p| p.bit())
+                .sum(),
+        )
+    }
+
+    fn has(self, part: Part) -> bool {
+        self.0 & part.bit() != 0
     }
 
     /// The statement of this shape, built once per process.
     fn sql(self) -> &'static str {
-        static SQL: [OnceLock<String>; 16] = [const { OnceLock::new() }; 16];
-        SQL[self.index()].get_or_init(|| write_sql(self))
+        static SQL: [OnceLock<String>; 1 << PARTS.len()] = [const { OnceLock::new() }; 16];
+        SQL[usize::from(self.0)].get_or_init(|| write_sql(self))
     }
 }
 
@@ -334,51 +356,45 @@ fn write_sql(shape: Shape) -> String {
     let inbox = inbox_insert_sql(take(INBOX_TYPES), FRESH);
     let mut parts = vec![format!("inserted AS ({inbox})")];
     let mut counted = vec!["(SELECT count(*) FROM bumped)".to_owned()];
-    let mut part = |name: &str, body: String| {
+    let mut part_sql = |name: &str, body: String| {
         parts.push(format!("{name} AS ({body} RETURNING 1)"));
         counted.push(format!("(SELECT count(*) FROM {name})"));
     };
-    let records = [
-        (
-            shape.calls,
-            "calls",
-            CALL_COLS,
-            CALL_TYPES,
-            "app_id, dialpad_call_id",
-        ),
-        (
-            shape.voicemails,
-            "voicemails",
-            VOICEMAIL_COLS,
-            VOICEMAIL_TYPES,
-            "id",
-        ),
-        (
-            shape.messages,
-            "messages",
-            MESSAGE_COLS,
-            MESSAGE_TYPES,
-            "app_id, dialpad_message_id",
-        ),
-    ];
-    for (present, table, cols, types, key) in records {
-        if present {
-            let rows = unnest(take(types), types);
-            part(table, upsert(table, cols, &rows, key));
-        }
-    }
-    if shape.outbox {
-        part(
-            "outbox",
-            format!(
-                "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, \
-                 created_at) SELECT o.app_id, o.seq, o.event, o.payload, o.target, \
-                 ${now}::timestamptz FROM {rows} AS o(app_id, seq, event, payload, target) \
-                 WHERE {FRESH}",
-                rows = unnest(take(OUTBOX_TYPES), OUTBOX_TYPES),
-                now = take("timestamptz"),
+    for part in PARTS.into_iter().filter(|&p| shape.has(p)) {
+        let mut record = |table: &str, cols: &str, types: &str, key: &str| {
+            upsert(table, cols, &unnest(take(types), types), key)
+        };
+        let (name, body) = match part {
+            Part::Calls => (
+                "calls",
+                record("calls", CALL_COLS, CALL_TYPES, "app_id, dialpad_call_id"),
             ),
-        );
+            Part::Voicemails => (
+                "voicemails",
+                record("voicemails", VOICEMAIL_COLS, VOICEMAIL_TYPES, "id"),
+            ),
+            Part::Messages => (
+                "messages",
+                record(
+                    "messages",
+                    MESSAGE_COLS,
+                    MESSAGE_TYPES,
+                    "app_id, dialpad_message_id",
+                ),
+            ),
+            Part::Outbox => (
+                "outbox",
+                format!(
+                    "INSERT INTO cti_events (app_id, seq, event, payload, target_crm_user, \
+                     created_at) SELECT o.app_id, o.seq, o.event, o.payload, o.target, \
+                     ${now}::timestamptz FROM {rows} AS o(app_id, seq, event, payload, target) \
+                     WHERE {FRESH}",
+                    rows = unnest(take(OUTBOX_TYPES), OUTBOX_TYPES),
+                    now = take("timestamptz"),
+                ),
+            ),
+        };
+        part_sql(name, body);
     }
     format!(
         "WITH lk AS MATERIALIZED (
@@ -448,17 +464,13 @@ pub(super) async fn write(
         .bind(apps.iter().map(|&(_, _, next)| next).collect::<Vec<_>>())
         .bind(new_rows);
     let mut q = inbox.bind(q);
-    if shape.calls {
-        q = bind_calls(q, &plan.calls)?;
-    }
-    if shape.voicemails {
-        q = bind_voicemails(q, &plan.voicemails);
-    }
-    if shape.messages {
-        q = bind_messages(q, &plan.messages)?;
-    }
-    if shape.outbox {
-        q = bind_outbox(q, plan).bind(now);
+    for part in PARTS.into_iter().filter(|&p| shape.has(p)) {
+        q = match part {
+            Part::Calls => bind_calls(q, &plan.calls)?,
+            Part::Voicemails => bind_voicemails(q, &plan.voicemails),
+            Part::Messages => bind_messages(q, &plan.messages)?,
+            Part::Outbox => bind_outbox(q, plan).bind(now),
+        };
     }
     match q.execute(conn).await {
         Ok(_) => Ok(Written::Done),
@@ -607,28 +619,28 @@ mod tests {
 
     #[test]
     fn each_shape_numbers_its_parameters_without_a_gap() {
-        for i in 0..16 {
-            let shape = Shape {
-                calls: i & 1 != 0,
-                outbox: i & 2 != 0,
-                voicemails: i & 4 != 0,
-                messages: i & 8 != 0,
-            };
-            assert_eq!(shape.index(), i);
+        for bits in 0..16u8 {
+            let shape = Shape(bits);
             let sql = write_sql(shape);
             let mut expected = 5 + count(INBOX_TYPES);
-            for (present, types) in [
-                (shape.calls, count(CALL_TYPES)),
-                (shape.voicemails, count(VOICEMAIL_TYPES)),
-                (shape.messages, count(MESSAGE_TYPES)),
-                (shape.outbox, count(OUTBOX_TYPES) + 1),
-            ] {
-                expected += if present { types } else { 0 };
+            for part in PARTS.into_iter().filter(|&p| shape.has(p)) {
+                expected += match part {
+                    Part::Calls => count(CALL_TYPES),
+                    Part::Voicemails => count(VOICEMAIL_TYPES),
+                    Part::Messages => count(MESSAGE_TYPES),
+                    Part::Outbox => count(OUTBOX_TYPES) + 1,
+                };
             }
             for n in 1..=expected {
-                assert!(sql.contains(&format!("${n}::")), "shape {i}: ${n} missing");
+                assert!(
+                    sql.contains(&format!("${n}::")),
+                    "shape {bits}: ${n} missing"
+                );
             }
-            assert!(!sql.contains(&format!("${}::", expected + 1)), "shape {i}");
+            assert!(
+                !sql.contains(&format!("${}::", expected + 1)),
+                "shape {bits}"
+            );
         }
     }
 }
