@@ -31,6 +31,8 @@ pub struct ApiOptions {
     pub timeout: Duration,
     /// The server's pid, to report its CPU time per request.
     pub server_pid: Option<u32>,
+    /// Summarise each second of the measured part on its own (the report's `timeline`).
+    pub timeline: bool,
 }
 
 impl ApiOptions {
@@ -45,6 +47,7 @@ impl ApiOptions {
             requests: None,
             timeout: Duration::from_secs(10),
             server_pid: None,
+            timeline: false,
         }
     }
 }
@@ -114,6 +117,7 @@ pub async fn run(opts: &ApiOptions) -> Result<ApiReport> {
         duration: opts.duration,
         max_requests: opts.requests,
         timeout: opts.timeout,
+        timeline: opts.timeline,
     };
     let probe = ResourceProbe::start(opts.server_pid);
     let load = load::run(&ep, source, &load_opts).await;

@@ -57,6 +57,8 @@ pub struct LoadOptions {
     pub max_requests: Option<u64>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Also summarise each second of the run on its own ([`LoadReport::timeline`]).
+    pub timeline: bool,
 }
 
 /// Produces request `i` and observes its response. `request` is called right before the
@@ -98,6 +100,69 @@ pub struct LoadReport {
     /// The latency histogram (µs).
     #[serde(skip)]
     pub histogram: Histogram<u64>,
+    /// With [`LoadOptions::timeline`]: one summary per second of the run, by the second each
+    /// request was scheduled (fixed rate) or sent (max); empty otherwise.
+    pub timeline: Vec<SecondSummary>,
+}
+
+/// One second of a run's [`LoadReport::timeline`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SecondSummary {
+    /// Seconds since the run's start.
+    pub second: u64,
+    /// Requests of that second that failed without a response.
+    pub errors: u64,
+    /// Latency of its answered requests (`count`: how many were answered).
+    pub latency: LatencySummary,
+}
+
+/// Per-second latency histograms, shared by a run's tasks: shows *when* in a run a tail
+/// happened (a stall of a few hundred milliseconds, say), which one histogram hides.
+struct Timeline {
+    start: Instant,
+    /// Per second: histogram of answered requests (µs), failed requests.
+    seconds: Mutex<Vec<(Histogram<u64>, u64)>>,
+}
+
+impl Timeline {
+    fn new(start: Instant) -> Self {
+        Timeline {
+            start,
+            seconds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts a request of second `at` (its scheduled or send time): answered after
+    /// `latency`, or failed (`None`).
+    fn record(&self, at: Instant, latency: Option<Duration>) {
+        let second = at.saturating_duration_since(self.start).as_secs() as usize;
+        let Ok(mut seconds) = self.seconds.lock() else {
+            return;
+        };
+        while seconds.len() <= second {
+            seconds.push((stats::coarse_histogram(), 0));
+        }
+        let (h, errors) = &mut seconds[second];
+        match latency {
+            Some(d) => stats::record(h, d),
+            None => *errors += 1,
+        }
+    }
+
+    fn summaries(&self) -> Vec<SecondSummary> {
+        let Ok(seconds) = self.seconds.lock() else {
+            return Vec::new();
+        };
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(i, (h, errors))| SecondSummary {
+                second: i as u64,
+                errors: *errors,
+                latency: LatencySummary::from_histogram(h),
+            })
+            .collect()
+    }
 }
 
 impl LoadReport {
@@ -152,11 +217,13 @@ async fn run_max<S: RequestSource>(
     let deadline = start + opts.duration;
     let mut workers = Vec::new();
     let opened = Arc::new(AtomicU64::new(0));
+    let timeline = opts.timeline.then(|| Arc::new(Timeline::new(start)));
     for _ in 0..opts.connections.max(1) {
         let ep = ep.clone();
         let source = source.clone();
         let next = next.clone();
         let opened = opened.clone();
+        let timeline = timeline.clone();
         let timeout = opts.timeout;
         workers.push(tokio::spawn(async move {
             let mut h = stats::histogram();
@@ -191,21 +258,27 @@ async fn run_max<S: RequestSource>(
                 let Some(c) = conn.as_mut() else { continue };
                 sent += 1;
                 let t0 = Instant::now();
-                match tokio::time::timeout(timeout, c.send(req)).await {
+                let answered = match tokio::time::timeout(timeout, c.send(req)).await {
                     Ok(Ok(resp)) => {
                         last = Instant::now();
                         stats::record(&mut h, last - t0);
                         *agg.status.entry(resp.status).or_default() += 1;
                         source.on_response(i, &resp);
+                        Some(last - t0)
                     }
                     Ok(Err(e)) => {
                         agg.error(&e);
                         conn = None;
+                        None
                     }
                     Err(_) => {
                         agg.error(&crate::Error::new("timeout"));
                         conn = None;
+                        None
                     }
+                };
+                if let Some(t) = &timeline {
+                    t.record(t0, answered);
                 }
             }
             (h, agg, sent, last)
@@ -233,6 +306,7 @@ async fn run_max<S: RequestSource>(
         start,
         last,
         0.0,
+        timeline.as_deref(),
     )
 }
 
@@ -252,6 +326,7 @@ async fn run_fixed<S: RequestSource>(
         .map_or(by_duration, |m| m.min(by_duration));
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(5);
+    let timeline = opts.timeline.then(|| Arc::new(Timeline::new(start)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut max_lag = Duration::ZERO;
     let mut sent = 0u64;
@@ -265,12 +340,13 @@ async fn run_fixed<S: RequestSource>(
         }
         max_lag = max_lag.max(now - at);
         sent += 1;
-        let (pool, inflight, shared, source, last_done) = (
+        let (pool, inflight, shared, source, last_done, timeline) = (
             pool.clone(),
             inflight.clone(),
             shared.clone(),
             source.clone(),
             last_done.clone(),
+            timeline.clone(),
         );
         let timeout = opts.timeout;
         let idx = i;
@@ -305,6 +381,9 @@ async fn run_fixed<S: RequestSource>(
                     Err(e) => agg.error(e),
                 }
             }
+            if let Some(t) = &timeline {
+                t.record(at, outcome.as_ref().ok().map(|_| done - at));
+            }
             if let Ok(mut l) = last_done.lock() {
                 *l = Some(l.map_or(done, |x| x.max(done)));
             }
@@ -337,6 +416,7 @@ async fn run_fixed<S: RequestSource>(
         start,
         last,
         max_lag.as_secs_f64() * 1000.0,
+        timeline.as_deref(),
     )
 }
 
@@ -351,6 +431,7 @@ fn finish(
     start: Instant,
     last: Instant,
     max_schedule_lag_ms: f64,
+    timeline: Option<&Timeline>,
 ) -> LoadReport {
     let mut agg = agg;
     let answered: u64 = agg.status.values().sum::<u64>() + agg.errors.values().sum::<u64>();
@@ -382,6 +463,7 @@ fn finish(
         latency: LatencySummary::from_histogram(&histogram),
         max_schedule_lag_ms,
         histogram,
+        timeline: timeline.map(Timeline::summaries).unwrap_or_default(),
     }
 }
 
@@ -418,6 +500,48 @@ impl std::fmt::Display for LoadReport {
                 self.max_schedule_lag_ms
             )?;
         }
+        if !self.timeline.is_empty() {
+            let by = if self.mode == "fixed" {
+                "scheduled"
+            } else {
+                "sent"
+            };
+            write!(f, "\n  timeline (by the second each request was {by}):")?;
+            for s in &self.timeline {
+                let l = &s.latency;
+                write!(
+                    f,
+                    "\n    {:>4} s: {} answered, {} errors, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                    s.second, l.count, s.errors, l.p50_ms, l.p99_ms, l.max_ms
+                )?;
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_summarises_each_second_by_send_time() {
+        let start = Instant::now();
+        let t = Timeline::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        t.record(at(100), Some(Duration::from_millis(2)));
+        t.record(at(900), Some(Duration::from_millis(4)));
+        // Second 1 sends nothing; second 2 has a failure and a slow answer.
+        t.record(at(2_200), None);
+        t.record(at(2_500), Some(Duration::from_millis(300)));
+        let s = t.summaries();
+        let rows: Vec<(u64, u64, u64)> = s
+            .iter()
+            .map(|s| (s.second, s.latency.count, s.errors))
+            .collect();
+        assert_eq!(rows, vec![(0, 2, 0), (1, 0, 0), (2, 1, 1)]);
+        assert!((s[0].latency.max_ms - 4.0).abs() < 0.1, "{s:?}");
+        assert!((s[2].latency.p99_ms - 300.0).abs() < 3.0, "{s:?}");
+        assert_eq!(s[1].latency, LatencySummary::default());
     }
 }

@@ -83,6 +83,10 @@ struct LoadArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Also print p50 / p99 / max for each second of the measured part (by the second each
+    /// request was scheduled at a fixed rate, or sent flat out): shows when a tail happened.
+    #[arg(long)]
+    timeline: bool,
 }
 
 /// Subcommands.
@@ -266,6 +270,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 drain_timeout: secs(drain_timeout),
                 timeout: secs(load.timeout),
                 server_pid: cli.server_pid,
+                timeline: load.timeline,
             };
             let report = webhook::run(&opts).await.map_err(|e| e.to_string())?;
             emit(cli.json, &report);
@@ -282,6 +287,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
                 requests: load.requests,
                 timeout: secs(load.timeout),
                 server_pid: cli.server_pid,
+                timeline: load.timeline,
             };
             let report = api::run(&opts).await.map_err(|e| e.to_string())?;
             emit(cli.json, &report);

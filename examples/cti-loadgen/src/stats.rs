@@ -9,6 +9,13 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
+/// A smaller latency histogram (1 µs .. 120 s, 2 significant digits) for the per-second
+/// summaries of a run's timeline.
+pub fn coarse_histogram() -> Histogram<u64> {
+    // Constant, valid bounds: construction cannot fail.
+    Histogram::new_with_bounds(1, 120_000_000, 2).expect("valid histogram bounds")
+}
+
 /// Records a duration in microseconds (clamped to the histogram's range).
 pub fn record(h: &mut Histogram<u64>, d: std::time::Duration) {
     let us = (d.as_micros() as u64).clamp(1, 120_000_000);

@@ -59,6 +59,8 @@ pub struct WebhookOptions {
     pub timeout: Duration,
     /// The server's pid, to report its CPU time per request.
     pub server_pid: Option<u32>,
+    /// Summarise each second of the measured part on its own (the report's `timeline`).
+    pub timeline: bool,
 }
 
 impl WebhookOptions {
@@ -81,6 +83,7 @@ impl WebhookOptions {
             drain_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             server_pid: None,
+            timeline: false,
         }
     }
 
@@ -546,6 +549,7 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
         duration: opts.warmup,
         max_requests: Some(n),
         timeout: opts.timeout,
+        timeline: false,
     };
     let mut warmup = None;
     let mut offset = 0;
@@ -556,6 +560,7 @@ pub async fn run(opts: &WebhookOptions) -> Result<WebhookReport> {
     }
     load_opts.duration = opts.duration;
     load_opts.max_requests = Some(n - offset);
+    load_opts.timeline = opts.timeline;
     let probe = ResourceProbe::start(opts.server_pid);
     let load = load::run(&ep, Arc::new(Offset(source.clone(), offset)), &load_opts).await;
     let resources = probe.finish(load.completed);

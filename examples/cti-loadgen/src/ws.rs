@@ -495,6 +495,7 @@ pub async fn run(opts: &WsOptions) -> Result<WsReport> {
         duration: opts.duration,
         max_requests: Some(n),
         timeout: opts.timeout,
+        timeline: false,
     };
     let probe = ResourceProbe::start(opts.server_pid);
     let webhook = load::run(&ep, source.clone(), &load_opts).await;

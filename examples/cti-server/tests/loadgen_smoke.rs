@@ -26,6 +26,7 @@ async fn loadgen_modes_against_the_real_server() {
     opts.duration = Duration::from_secs(1);
     opts.metrics_interval = Duration::from_millis(100);
     opts.drain_timeout = Duration::from_secs(20);
+    opts.timeline = true;
     let r = match webhook::run(&opts).await {
         Ok(r) => r,
         Err(e) => panic!("webhook jwt: {e}"),
@@ -39,6 +40,19 @@ async fn loadgen_modes_against_the_real_server() {
         .as_ref()
         .map(|w| (w.sent >= 25, w.count(200) == w.sent));
     assert_eq!(warm, Some((true, true)), "{r}");
+    // The timeline covers the measured part (60 requests scheduled within its first second),
+    // not the warm-up.
+    let seconds: Vec<(u64, u64, u64)> = r
+        .load
+        .timeline
+        .iter()
+        .map(|s| (s.second, s.latency.count, s.errors))
+        .collect();
+    assert_eq!(seconds, vec![(0, r.load.sent, 0)], "{r}");
+    assert!(
+        r.warmup.as_ref().is_some_and(|w| w.timeline.is_empty()),
+        "{r}"
+    );
     assert_eq!(r.duplicate_acks, 0, "{r}");
     assert!(r.all_ok(), "{r}");
     let calls = r.calls.as_ref().map(|c| (c.ok, c.expected));
@@ -62,6 +76,7 @@ async fn loadgen_modes_against_the_real_server() {
     println!("{r}");
     assert!(r.all_ok(), "{r}");
     assert_eq!(r.load.sent, 200, "{r}");
+    assert!(r.load.timeline.is_empty(), "no timeline asked for: {r}");
     assert!(r.preparation.duplicates_planned > 0, "{r}");
     assert_eq!(r.duplicate_acks, r.preparation.duplicates_planned, "{r}");
 
