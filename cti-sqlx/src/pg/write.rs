@@ -282,6 +282,9 @@ impl Part {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape(u8);
 
+/// The number of shapes: every subset of [`PARTS`].
+const SHAPES: usize = 1 << PARTS.len();
+
 impl Shape {
     fn of(plan: &Plan) -> Self {
         Shape(
@@ -299,7 +302,7 @@ impl Shape {
 
     /// The statement of this shape, built once per process.
     fn sql(self) -> &'static str {
-        static SQL: [OnceLock<String>; 1 << PARTS.len()] = [const { OnceLock::new() }; 16];
+        static SQL: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
         SQL[usize::from(self.0)].get_or_init(|| write_sql(self))
     }
 }
@@ -619,7 +622,7 @@ mod tests {
 
     #[test]
     fn each_shape_numbers_its_parameters_without_a_gap() {
-        for bits in 0..16u8 {
+        for bits in 0..SHAPES as u8 {
             let shape = Shape(bits);
             let sql = write_sql(shape);
             let mut expected = 5 + count(INBOX_TYPES);
